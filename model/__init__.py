@@ -1,0 +1,1 @@
+"""SimpleNet anomaly detection: pure PyTorch + numpy, no transport or settings."""

@@ -1,0 +1,1 @@
+"""What crosses the wire: message schemas, frame codec, Kafka/Redis adapters, producers."""

@@ -1,0 +1,1 @@
+"""Processes that wire the pure parts together: inference worker and trainer job."""
