@@ -1,0 +1,481 @@
+"""Thin Kafka adapters (kafka-python).
+
+Topic setup, frame source, record sink, and the buffered frame sink of camera producers.
+
+Adapters connect lazily, close cleanly (context managers) and hold no business logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import (
+    AuthorizationError,
+    CommitFailedError,
+    KafkaError,
+    SaslAuthenticationFailedError,
+    TopicAlreadyExistsError,
+)
+
+from pipeline.errors import ConfigurationError, TransportUnavailableError
+from pipeline.messages import FrameMessage, Headers
+from pipeline.settings import KafkaSettings
+
+logger = logging.getLogger(__name__)
+
+#: Errors that retrying cannot fix: the process exits with a clear message.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    SaslAuthenticationFailedError, AuthorizationError,
+)
+
+HEADER_DLQ_REASON = "lw-dlq-reason"
+HEADER_DLQ_DETAIL = "lw-dlq-detail"
+HEADER_DLQ_TOPIC = "lw-dlq-topic"
+HEADER_DLQ_PARTITION = "lw-dlq-partition"
+HEADER_DLQ_OFFSET = "lw-dlq-offset"
+HEADER_DLQ_WORKER = "lw-dlq-worker"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """One record as read from Kafka (transport-neutral view).
+
+    Attributes:
+        topic: Topic.
+        partition: Partition.
+        offset: Offset.
+        key: Key bytes.
+        value: Value bytes.
+        headers: Headers.
+        received_monotonic: When this process received it (``time.monotonic()``).
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    received_monotonic: float
+
+
+def ensure_topics(kafka: KafkaSettings, partitions: Mapping[str, int]) -> None:
+    """Create topics that do not exist yet.
+
+    Args:
+        kafka: Connection settings.
+        partitions: Topic name -> partition count.
+
+    Raises:
+        TransportUnavailableError: The broker cannot be reached.
+    """
+    try:
+        admin = KafkaAdminClient(**kafka.client_kwargs())
+    except KafkaError as error:
+        raise TransportUnavailableError(f"Kafka admin cannot connect: {error}") from error
+    try:
+        existing = set(admin.list_topics())
+        wanted = [NewTopic(name, count, 1) for name, count in partitions.items()
+                  if name not in existing]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                logger.debug("topics created concurrently")
+            logger.info("created topics %s", {t.name: t.num_partitions for t in wanted})
+    finally:
+        admin.close()
+
+
+class _RebalanceLogger(ConsumerRebalanceListener):
+    """Logs assignment changes (cannot commit here: see the worker's commit rule)."""
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self._on_change = on_change
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        logger.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        logger.info("partitions assigned: %s",
+                    sorted((tp.topic, tp.partition) for tp in assigned))
+        if self._on_change is not None:
+            self._on_change()
+
+
+class KafkaFrameSource:
+    """Consumer-group member reading frame records; offsets committed explicitly.
+
+    Args:
+        kafka: Connection settings.
+        topic: Topic to subscribe to.
+        group_id: Consumer group.
+        consumer_options: Extra kafka-python consumer options (timeouts, fetch waits).
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, group_id: str,
+                 **consumer_options: Any) -> None:
+        self._kafka = kafka
+        self._topic = topic
+        self._group_id = group_id
+        self._options = consumer_options
+        self._consumer: KafkaConsumer | None = None
+        self._paused = False
+
+    def _connection(self) -> KafkaConsumer:
+        if self._consumer is None:
+            try:
+                consumer = KafkaConsumer(
+                    group_id=self._group_id, enable_auto_commit=False,
+                    auto_offset_reset="earliest", **self._kafka.client_kwargs(), **self._options,
+                )
+            except PERMANENT_ERRORS as error:
+                raise ConfigurationError(f"Kafka refused the consumer: {error}") from error
+            except KafkaError as error:
+                raise TransportUnavailableError(f"Kafka unavailable: {error}") from error
+            consumer.subscribe([self._topic], listener=_RebalanceLogger())
+            self._consumer = consumer
+        return self._consumer
+
+    def poll(self, timeout_ms: float, max_records: int) -> list[ConsumedRecord]:
+        """Fetch up to ``max_records`` records, waiting at most ``timeout_ms``.
+
+        While paused, this keeps the group membership alive and returns nothing.
+        """
+        consumer = self._connection()
+        try:
+            batches = consumer.poll(timeout_ms=max(0, int(timeout_ms)), max_records=max_records)
+        except PERMANENT_ERRORS as error:
+            raise ConfigurationError(f"Kafka refused the consumer: {error}") from error
+        now = time.monotonic()
+        records = [
+            ConsumedRecord(m.topic, m.partition, m.offset, m.key, m.value,
+                           [(k, v) for k, v in (m.headers or [])], now)
+            for part in batches.values() for m in part
+        ]
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+
+    def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
+        """Commit ``next_offsets`` (topic, partition) -> next offset to read.
+
+        Partitions no longer assigned to this member are left out (their new owner
+        re-reads from the last commit; results are idempotent).
+
+        Returns:
+            True when everything asked for was committed.
+        """
+        consumer = self._connection()
+        assigned = consumer.assignment()
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in next_offsets.items()
+            if TopicPartition(topic, partition) in assigned
+        }
+        if not offsets:
+            return not next_offsets
+        try:
+            consumer.commit(offsets)
+        except CommitFailedError as error:
+            logger.warning("commit failed after a rebalance (results are stored; the new "
+                           "owner will replay idempotently): %s", error)
+            return False
+        return len(offsets) == len(next_offsets)
+
+    def pause(self) -> None:
+        """Stop fetching from every assigned partition (membership stays alive)."""
+        consumer = self._connection()
+        if not self._paused:
+            consumer.pause(*consumer.assignment())
+            self._paused = True
+
+    def resume(self) -> None:
+        """Fetch again."""
+        if self._consumer is not None and self._paused:
+            self._consumer.resume(*self._consumer.paused())
+            self._paused = False
+
+    def assignment(self) -> set[tuple[str, int]]:
+        """Partitions currently assigned."""
+        if self._consumer is None:
+            return set()
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def close(self) -> None:
+        """Leave the group and close."""
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+            self._consumer = None
+
+    def __enter__(self) -> KafkaFrameSource:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class KafkaRecordSink:
+    """Plain producer: send records, flush. Thread-safe (kafka-python's producer is).
+
+    Args:
+        kafka: Connection settings.
+        producer_options: Extra kafka-python producer options.
+    """
+
+    def __init__(self, kafka: KafkaSettings, **producer_options: Any) -> None:
+        self._kafka = kafka
+        self._options = {"acks": "all", "enable_idempotence": kafka.enable_idempotence,
+                         "linger_ms": 5, **producer_options}
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                try:
+                    self._producer = KafkaProducer(**self._kafka.client_kwargs(), **self._options)
+                except PERMANENT_ERRORS as error:
+                    raise ConfigurationError(f"Kafka refused the producer: {error}") from error
+                except KafkaError as error:
+                    raise TransportUnavailableError(f"Kafka unavailable: {error}") from error
+            return self._producer
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None,
+             headers: Headers) -> Any:
+        """Queue one record; returns kafka-python's future."""
+        return self._connection().send(topic, key=key, value=value, headers=headers)
+
+    def send_all(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None, Headers]],
+                 timeout_s: float) -> None:
+        """Send records and wait until the broker acknowledged all of them.
+
+        Raises:
+            TransportUnavailableError: Any record was not acknowledged in time.
+            ConfigurationError: The broker refused us permanently.
+        """
+        try:
+            futures = [self.send(topic, key, value, headers) for key, value, headers in records]
+            deadline = time.monotonic() + timeout_s
+            for future in futures:
+                future.get(timeout=max(0.01, deadline - time.monotonic()))
+        except PERMANENT_ERRORS as error:
+            raise ConfigurationError(f"Kafka refused the write: {error}") from error
+        except KafkaError as error:
+            raise TransportUnavailableError(f"Kafka write failed: {error}") from error
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for queued records.
+
+        Raises:
+            TransportUnavailableError: Not all were delivered in time.
+        """
+        if self._producer is None:
+            return
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as error:
+            raise TransportUnavailableError(f"Kafka flush failed: {error}") from error
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what can be flushed and close."""
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=timeout_s)
+                self._producer = None
+
+    def __enter__(self) -> KafkaRecordSink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def dead_letter_headers(record: ConsumedRecord, reason: str, detail: str,
+                        worker_id: str) -> Headers:
+    """Original headers plus the dead-letter reason and origin."""
+    return [
+        *[(k, v) for k, v in record.headers if not k.startswith("lw-dlq-")],
+        (HEADER_DLQ_REASON, reason.encode()),
+        (HEADER_DLQ_DETAIL, detail[:500].encode("utf-8", "replace")),
+        (HEADER_DLQ_TOPIC, record.topic.encode()),
+        (HEADER_DLQ_PARTITION, str(record.partition).encode()),
+        (HEADER_DLQ_OFFSET, str(record.offset).encode()),
+        (HEADER_DLQ_WORKER, worker_id.encode()),
+    ]
+
+
+class BufferedFrameSink:
+    """Camera-side sink: bounded local buffer drained to Kafka by a sender thread.
+
+    ``publish`` never blocks the capture loop. When the broker is unreachable the frames
+    wait in the buffer; when the buffer is full the oldest frame is dropped and counted
+    (never silently: a warning is logged and ``dropped`` goes up). A batch that fails is
+    sent again after a backoff, in order (a frame may reach Kafka twice; the worker's
+    writes are idempotent).
+
+    Args:
+        sink: Record sink to send through.
+        topic: Frames topic.
+        capacity: Frames the buffer holds, including those in flight.
+        send_batch: Frames per send.
+        send_timeout_s: How long to wait for the broker's acknowledgements.
+        backoff_initial_s: First retry delay.
+        backoff_max_s: Largest retry delay.
+        on_sent: Called with the number of frames acknowledged.
+        on_dropped: Called with the number of frames dropped.
+    """
+
+    def __init__(self, sink: KafkaRecordSink, topic: str, capacity: int = 1000,
+                 send_batch: int = 32, send_timeout_s: float = 10.0,
+                 backoff_initial_s: float = 0.2, backoff_max_s: float = 5.0,
+                 on_sent: Callable[[int], None] | None = None,
+                 on_dropped: Callable[[int], None] | None = None) -> None:
+        self._sink = sink
+        self._topic = topic
+        self._capacity = capacity
+        self._send_batch = send_batch
+        self._send_timeout_s = send_timeout_s
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._on_sent = on_sent or (lambda n: None)
+        self._on_dropped = on_dropped or (lambda n: None)
+        self._buffer: deque[FrameMessage] = deque()
+        self._in_flight = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+        self.dropped = 0
+        self.connected = False
+        self.fatal_error: BaseException | None = None
+        self._drain_deadline = 0.0
+
+    @property
+    def buffered(self) -> int:
+        """Frames waiting (including those in flight)."""
+        with self._cond:
+            return len(self._buffer) + self._in_flight
+
+    def start(self) -> BufferedFrameSink:
+        """Start the sender thread."""
+        self._thread = threading.Thread(target=self._run, name="frame-sender", daemon=True)
+        self._thread.start()
+        return self
+
+    def publish(self, frame: FrameMessage) -> None:
+        """Queue a frame (never blocks); drops the oldest when full.
+
+        Raises:
+            ConfigurationError: The sender stopped on a permanent error.
+        """
+        if self.fatal_error is not None:
+            raise ConfigurationError(str(self.fatal_error)) from self.fatal_error
+        dropped = 0
+        with self._cond:
+            self._buffer.append(frame)
+            while len(self._buffer) + self._in_flight > self._capacity and self._buffer:
+                self._buffer.popleft()
+                dropped += 1
+            self._cond.notify()
+        if dropped:
+            self._count_dropped(dropped)
+
+    def _count_dropped(self, count: int) -> None:
+        self.dropped += count
+        self._on_dropped(count)
+        logger.warning("local buffer full (%d frames): dropped %d oldest frame(s), %d in all",
+                       self._capacity, count, self.dropped)
+
+    def _take(self) -> list[FrameMessage]:
+        with self._cond:
+            while not self._buffer and not self._closing:
+                self._cond.wait(0.5)
+            batch = [self._buffer.popleft()
+                     for _ in range(min(self._send_batch, len(self._buffer)))]
+            self._in_flight = len(batch)
+            return batch
+
+    def _give_back(self, batch: list[FrameMessage]) -> None:
+        with self._cond:
+            self._in_flight = 0
+            self._buffer.extendleft(reversed(batch))
+            dropped = 0
+            while len(self._buffer) > self._capacity:
+                self._buffer.popleft()
+                dropped += 1
+        if dropped:
+            self._count_dropped(dropped)
+
+    def _run(self) -> None:
+        backoff = self._backoff_initial_s
+        while True:
+            batch = self._take()
+            if not batch:
+                if self._closing:
+                    return
+                continue
+            try:
+                self._sink.send_all(
+                    self._topic, [(f.key, f.payload, f.headers()) for f in batch],
+                    self._send_timeout_s)
+            except ConfigurationError as error:
+                logger.error("Kafka refused frames permanently: %s", error)
+                self.fatal_error = error
+                self._give_back(batch)
+                return
+            except TransportUnavailableError as error:
+                self._give_back(batch)
+                if self.connected or backoff == self._backoff_initial_s:
+                    logger.warning("broker unreachable (%s); %d frame(s) buffered, retrying "
+                                   "in %.1fs", error, self.buffered, backoff)
+                self.connected = False
+                if self._closing and self._drain_deadline < time.monotonic():
+                    return
+                time.sleep(backoff)
+                backoff = min(self._backoff_max_s, backoff * 2)
+                continue
+            with self._cond:
+                self._in_flight = 0
+            if not self.connected:
+                logger.info("broker reachable; sending")
+            self.connected = True
+            backoff = self._backoff_initial_s
+            self.sent += len(batch)
+            self._on_sent(len(batch))
+
+    def close(self, drain_timeout_s: float = 10.0) -> int:
+        """Send what is buffered (up to the timeout), stop the thread.
+
+        Returns:
+            Frames left unsent (counted as dropped).
+        """
+        self._drain_deadline = time.monotonic() + drain_timeout_s
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(drain_timeout_s + self._send_timeout_s)
+        left = self.buffered
+        if left:
+            self._count_dropped(left)
+        self._sink.close()
+        return left
+
+    def __enter__(self) -> BufferedFrameSink:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
