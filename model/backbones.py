@@ -114,7 +114,9 @@ class SamePaddingConv2d(nn.Conv2d):
         stride: int = 1,
         groups: int = 1,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, 0, groups=groups, bias=False)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, 0, groups=groups, bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pads like TensorFlow, then convolves."""
@@ -330,7 +332,9 @@ def build_backbone(
             wanted = backbone.state_dict()
             missing = [key for key in wanted if key not in state]
             if missing:
-                raise BackboneWeightsError(f"not a wide_resnet50_2 state dict (missing {missing[:3]})")
+                raise BackboneWeightsError(
+                    f"not a wide_resnet50_2 state dict (missing {missing[:3]})"
+                )
             backbone.load_state_dict({key: state[key] for key in wanted}, strict=True)
     else:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_SPECS)}")

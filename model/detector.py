@@ -1,0 +1,198 @@
+"""The fitted detector: backbone + folded SimpleNet head + calibration, for inference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from model.backbones import BACKBONE_SPECS, FeatureBackbone
+from model.features import PatchFeatureAggregator
+from model.folding import FoldedScorer, fold_head
+from model.metadata import DetectorMetadata
+from model.network import SimpleNetHead
+
+HEATMAP_SIGMA = 4.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Result of :meth:`AnomalyDetector.predict` for a batch of ``B`` images.
+
+    Attributes:
+        scores: ``[B]`` raw image scores (max of the patch score map).
+        normalized_scores: ``[B]`` calibrated scores; 0.5 is the decision threshold.
+        labels: ``[B]`` True where the image is anomalous (normalised score >= 0.5).
+        heatmaps: ``[B, S, S]`` blurred score maps on the normalised scale, ``S`` the
+            model's image size.
+    """
+
+    scores: np.ndarray
+    normalized_scores: np.ndarray
+    labels: np.ndarray
+    heatmaps: np.ndarray
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian kernel truncated at 4 sigma (scipy's default)."""
+    radius = int(4.0 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return (kernel / kernel.sum()).float()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float = HEATMAP_SIGMA) -> torch.Tensor:
+    """Separable Gaussian blur with reflected borders.
+
+    Args:
+        maps: ``[B, H, W]``.
+        sigma: Standard deviation in pixels.
+
+    Returns:
+        ``[B, H, W]``.
+    """
+    kernel = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
+    radius = kernel.numel() // 2
+    x = maps.unsqueeze(1)
+    mode = "reflect" if min(maps.shape[-2:]) > radius else "replicate"
+    x = F.pad(x, (radius, radius, 0, 0), mode=mode)
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, radius, radius), mode=mode)
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+def heatmap_to_uint8(heatmap: np.ndarray) -> np.ndarray:
+    """Maps a normalised heatmap to uint8: 0 -> 0, 0.5 (threshold) -> 127, >= 1 -> 255."""
+    return np.floor(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def images_to_tensor(
+    images: Sequence[np.ndarray], image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Resizes and normalises uint8 images into a batch.
+
+    Args:
+        images: ``HxWx3`` RGB or ``HxW`` grayscale uint8 arrays, any sizes.
+        image_size: Output side ``S``.
+        mean: Per-channel mean on the 0..1 scale.
+        std: Per-channel std on the 0..1 scale.
+
+    Returns:
+        ``[B, 3, S, S]`` float32.
+
+    Raises:
+        ValueError: On an empty list or an array that is not an image.
+    """
+    if len(images) == 0:
+        raise ValueError("no images given")
+    batch = []
+    for index, image in enumerate(images):
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            raise ValueError(f"image {index} has dtype {array.dtype}, expected uint8")
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < 8:
+            raise ValueError(f"image {index} has shape {array.shape}, expected HxWx3 (>= 8 px)")
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
+        if tensor.shape[1:] != (image_size, image_size):
+            tensor = F.interpolate(
+                tensor[None],
+                size=(image_size, image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )[0]
+        batch.append(tensor)
+    stacked = torch.stack(batch).div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (stacked - mean_t) / std_t
+
+
+class AnomalyDetector(nn.Module):
+    """A fitted SimpleNet detector, ready for batched inference.
+
+    Built in one step from its parts; the head is folded on construction.
+
+    Args:
+        backbone: Frozen backbone matching ``metadata.backbone``.
+        head: Trained adaptor + discriminator (kept for saving; inference uses the fold).
+        metadata: Model description, including calibration.
+    """
+
+    def __init__(
+        self, *, backbone: FeatureBackbone, head: SimpleNetHead, metadata: DetectorMetadata
+    ) -> None:
+        super().__init__()
+        if backbone.spec.name != metadata.backbone:
+            raise ValueError(f"backbone {backbone.spec.name} != metadata {metadata.backbone}")
+        self.backbone = backbone
+        self.aggregator = PatchFeatureAggregator(
+            backbone.spec, common_dim=metadata.common_dim, embed_dim=metadata.embed_dim
+        )
+        self.head = head.eval()
+        self.metadata = metadata
+        self.scorer: FoldedScorer = fold_head(self.aggregator, self.head)
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        """Device the detector's tensors live on."""
+        return self.scorer.hidden_bias.device
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 images -> normalised ``[B, 3, S, S]`` batch on the detector's device."""
+        spec = BACKBONE_SPECS[self.metadata.backbone]
+        batch = images_to_tensor(images, self.metadata.image_size, spec.mean, spec.std)
+        return batch.to(self.device, non_blocking=True)
+
+    def score_maps(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw patch score maps ``[B, h, w]`` for a normalised batch ``[B, 3, S, S]``."""
+        if batch.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            with torch.autocast("cuda", dtype=dtype):
+                maps = self.scorer(self.backbone(batch))
+            return maps.float()
+        return self.scorer(self.backbone(batch))
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray], *, chunk_size: int = 32) -> Prediction:
+        """Scores images and builds their heatmaps.
+
+        Args:
+            images: ``HxWx3`` RGB (or ``HxW`` grayscale) uint8 arrays of any size.
+            chunk_size: Most images run through the network at once.
+
+        Returns:
+            The batch's :class:`Prediction`.
+        """
+        calibration = self.metadata.calibration
+        size = self.metadata.image_size
+        scores, heatmaps = [], []
+        for start in range(0, len(images), chunk_size):
+            batch = self.preprocess(images[start : start + chunk_size])
+            maps = self.score_maps(batch)
+            scores.append(maps.flatten(1).amax(dim=1))
+            upsampled = F.interpolate(
+                maps.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False
+            ).squeeze(1)
+            heatmaps.append(calibration.normalize(gaussian_blur(upsampled)))
+        raw = torch.cat(scores).float().cpu().numpy()
+        normalized = np.asarray(calibration.normalize(raw), dtype=np.float32)
+        return Prediction(
+            scores=raw,
+            normalized_scores=normalized,
+            labels=normalized >= 0.5,
+            heatmaps=torch.cat(heatmaps).float().cpu().numpy(),
+        )
+
+    def warm_up(self, batch_size: int = 1) -> None:
+        """Runs one dummy batch so the first real batch does not pay start-up costs."""
+        size = self.metadata.image_size
+        self.predict([np.zeros((size, size, 3), dtype=np.uint8)] * batch_size)

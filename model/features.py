@@ -1,0 +1,115 @@
+"""Patch features: local neighbourhood aggregation of two backbone maps, as in SimpleNet.
+
+For each backbone map, every location's 3x3 neighbourhood is averaged (zero padding
+counted, as the paper's patch-then-adaptive-average-pool does), the coarser map is resized
+bilinearly to the finer grid, every layer is projected to a common dimension and the layers
+are aggregated into one ``embed_dim`` patch feature. The projection and aggregation are
+parameter-free adaptive average pools over the channel axis (the paper's ``MeanMapper`` and
+``Aggregator``), so the whole chain is linear: it is represented by one fixed matrix per
+layer, which lets the scoring head fold everything that follows into per-layer 1x1 maps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from model.backbones import BackboneSpec
+
+# Default embed_dim per backbone. Lite0's maps have 40 and 112 channels: the common
+# dimension is the larger count (112) so no layer is averaged down, and the aggregate keeps
+# both layers whole (2 x 112 = 224). For WideResNet50 the paper's 1536 / 1536.
+DEFAULT_COMMON_DIM = {"efficientnet_lite0": 112, "wide_resnet50_2": 1536}
+DEFAULT_EMBED_DIM = {"efficientnet_lite0": 224, "wide_resnet50_2": 1536}
+
+
+def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
+    """Matrix of ``adaptive_avg_pool1d`` from ``in_dim`` to ``out_dim`` values.
+
+    Returns:
+        ``[out_dim, in_dim]`` so that ``matrix @ x`` equals the pooled vector.
+    """
+    identity = torch.eye(in_dim, dtype=torch.float64).unsqueeze(1)  # [in, 1, in]
+    pooled = F.adaptive_avg_pool1d(identity, out_dim).squeeze(1)  # [in, out]
+    return pooled.T.contiguous()
+
+
+def projection_matrices(
+    channels: tuple[int, ...], common_dim: int, embed_dim: int
+) -> list[torch.Tensor]:
+    """Per-layer matrices from pooled backbone channels to the aggregated patch feature.
+
+    Args:
+        channels: Channel count of each backbone layer.
+        common_dim: Dimension every layer is projected to.
+        embed_dim: Dimension of the aggregated patch feature.
+
+    Returns:
+        One ``[embed_dim, channels[i]]`` float32 matrix per layer.
+    """
+    aggregate = adaptive_pool_matrix(common_dim * len(channels), embed_dim)
+    matrices = []
+    for index, count in enumerate(channels):
+        block = aggregate[:, index * common_dim : (index + 1) * common_dim]
+        matrices.append((block @ adaptive_pool_matrix(count, common_dim)).float())
+    return matrices
+
+
+def neighbourhood_mean(feature_map: torch.Tensor) -> torch.Tensor:
+    """Averages every location's 3x3 neighbourhood (zeros outside the map are counted).
+
+    Args:
+        feature_map: ``[B, C, h, w]``.
+
+    Returns:
+        ``[B, C, h, w]``.
+    """
+    return F.avg_pool2d(feature_map, kernel_size=3, stride=1, padding=1, count_include_pad=True)
+
+
+class PatchFeatureAggregator(nn.Module):
+    """Turns backbone maps into ``embed_dim`` patch features on the finest grid."""
+
+    def __init__(self, spec: BackboneSpec, *, common_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        if common_dim < 1 or embed_dim < 1:
+            raise ValueError("common_dim and embed_dim must be positive")
+        self.common_dim = common_dim
+        self.embed_dim = embed_dim
+        for index, matrix in enumerate(projection_matrices(spec.channels, common_dim, embed_dim)):
+            self.register_buffer(f"projection{index}", matrix, persistent=False)
+
+    def projections(self) -> list[torch.Tensor]:
+        """Returns the per-layer ``[embed_dim, C_i]`` projection matrices."""
+        return [getattr(self, f"projection{index}") for index in range(self._layer_count())]
+
+    def _layer_count(self) -> int:
+        return sum(1 for name, _ in self.named_buffers() if name.startswith("projection"))
+
+    @staticmethod
+    def pooled_layers(feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Applies the 3x3 neighbourhood mean to each backbone map (each on its own grid)."""
+        return [neighbourhood_mean(feature_map) for feature_map in feature_maps]
+
+    def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Aggregates backbone maps into patch features.
+
+        Args:
+            feature_maps: Backbone maps, finest first, ``[B, C_i, h_i, w_i]``.
+
+        Returns:
+            Patch features ``[B, embed_dim, h_0, w_0]``.
+        """
+        pooled = self.pooled_layers(feature_maps)
+        grid = pooled[0].shape[-2:]
+        total = None
+        for layer, matrix in zip(pooled, self.projections(), strict=True):
+            projected = torch.einsum("ec,bchw->behw", matrix.to(layer.dtype), layer)
+            if projected.shape[-2:] != grid:
+                projected = F.interpolate(
+                    projected, size=grid, mode="bilinear", align_corners=False
+                )
+            total = projected if total is None else total + projected
+        assert total is not None
+        return total

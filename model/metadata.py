@@ -1,0 +1,117 @@
+"""Metadata that travels with a fitted detector and its artifact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from model.errors import ArtifactError
+
+ARTIFACT_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Maps raw anomaly scores to the published normalised scale.
+
+    ``normalised = 0.5 * (raw - center) / (threshold - center)``: the median held-out good
+    score maps to 0 and the decision threshold to 0.5, whatever the model.
+
+    Attributes:
+        center: Median raw image score of the held-out good images.
+        threshold: Raw decision threshold (a quantile of the held-out good scores).
+        quantile: The quantile used for the threshold.
+    """
+
+    center: float
+    threshold: float
+    quantile: float
+
+    def __post_init__(self) -> None:
+        if not self.threshold > self.center:
+            raise ValueError(
+                f"calibration threshold {self.threshold} must exceed center {self.center}"
+            )
+
+    def normalize(self, raw: Any) -> Any:
+        """Applies the affine map to a float, numpy array or tensor."""
+        return 0.5 * (raw - self.center) / (self.threshold - self.center)
+
+
+@dataclass(frozen=True)
+class DetectorMetadata:
+    """Everything needed to rebuild, identify and audit a fitted detector.
+
+    Attributes:
+        version: Unique model version (also the artifact's file stem in a model store).
+        product_line: Line the model was fitted for.
+        backbone: Backbone registry name.
+        layers: Backbone layers used.
+        image_size: Side of the square input the model runs at.
+        common_dim: Per-layer projection dimension.
+        embed_dim: Patch feature dimension.
+        hidden_dim: Discriminator hidden width.
+        noise_sigma: Standard deviation of the synthetic anomaly noise used in training.
+        feature_scale: Mean per-dimension std of the training patch features (measured).
+        epochs: Training epochs (fixed in advance; no label-based selection).
+        calibration: Score normalisation and threshold.
+        calibration_scores: Normalised image scores of the held-out good images.
+        train_image_count: Images used to fit.
+        holdout_image_count: Good images held out for calibration.
+        train_fingerprint: SHA-256 over the training images' pixels (order independent).
+        created_at: ISO-8601 UTC creation time.
+        code_version: linewatch version that fitted the model.
+        format_version: Artifact format version.
+    """
+
+    version: str
+    product_line: str
+    backbone: str
+    layers: tuple[str, ...]
+    image_size: int
+    common_dim: int
+    embed_dim: int
+    hidden_dim: int
+    noise_sigma: float
+    feature_scale: float
+    epochs: int
+    calibration: Calibration
+    calibration_scores: tuple[float, ...]
+    train_image_count: int
+    holdout_image_count: int
+    train_fingerprint: str
+    created_at: str
+    code_version: str
+    format_version: int = ARTIFACT_FORMAT_VERSION
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialises to a JSON string (stable key order)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DetectorMetadata:
+        """Parses and validates JSON written by :meth:`to_json`.
+
+        Raises:
+            ArtifactError: When fields are missing, unknown or of the wrong type.
+        """
+        try:
+            raw = json.loads(text)
+            if not isinstance(raw, dict):
+                raise TypeError("metadata is not an object")
+            known = {item.name for item in fields(cls)}
+            unknown = set(raw) - known
+            missing = known - set(raw) - {"extra", "format_version"}
+            if unknown or missing:
+                raise ValueError(f"unknown fields {sorted(unknown)}, missing {sorted(missing)}")
+            raw["layers"] = tuple(str(layer) for layer in raw["layers"])
+            raw["calibration"] = Calibration(**raw["calibration"])
+            raw["calibration_scores"] = tuple(float(v) for v in raw["calibration_scores"])
+            for name in ("image_size", "common_dim", "embed_dim", "hidden_dim", "epochs"):
+                if not isinstance(raw[name], int) or raw[name] < 1:
+                    raise ValueError(f"{name} must be a positive integer, got {raw[name]!r}")
+            return cls(**raw)
+        except (TypeError, ValueError, KeyError, json.JSONDecodeError) as error:
+            raise ArtifactError(f"invalid detector metadata: {error}") from error

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+from model.backbones import build_backbone
+from model.detector import AnomalyDetector
+from model.metadata import Calibration, DetectorMetadata
+from model.network import SimpleNetHead
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    return build_backbone("efficientnet_lite0")
+
+
+def make_metadata(**overrides) -> DetectorMetadata:
+    values = dict(
+        version="20260101T000000Z-deadbeef",
+        product_line="line-a",
+        backbone="efficientnet_lite0",
+        layers=("blocks4", "blocks10"),
+        image_size=64,
+        common_dim=112,
+        embed_dim=224,
+        hidden_dim=64,
+        noise_sigma=0.25,
+        feature_scale=2.0,
+        epochs=1,
+        calibration=Calibration(center=-1.0, threshold=0.0, quantile=0.99),
+        calibration_scores=(0.1, 0.2),
+        train_image_count=4,
+        holdout_image_count=2,
+        train_fingerprint="0" * 64,
+        created_at="2026-01-01T00:00:00+00:00",
+        code_version="test",
+    )
+    values.update(overrides)
+    return DetectorMetadata(**values)
+
+
+def randomized_head(embed_dim: int = 224, hidden_dim: int = 64, seed: int = 0) -> SimpleNetHead:
+    torch.manual_seed(seed)
+    head = SimpleNetHead(embed_dim, hidden_dim)
+    norm = head.discriminator.norm
+    with torch.no_grad():
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    return head.eval()
+
+
+@pytest.fixture()
+def random_detector(lite0) -> AnomalyDetector:
+    return AnomalyDetector(backbone=lite0, head=randomized_head(), metadata=make_metadata())
+
+
+@pytest.fixture()
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size=(48 + 8 * i, 80, 3), dtype=np.uint8) for i in range(3)]

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+
+from model.detector import gaussian_blur, gaussian_kernel1d, heatmap_to_uint8, images_to_tensor
+
+
+def test_predict_shapes_and_calibration(random_detector, images):
+    prediction = random_detector.predict(images)
+    assert prediction.scores.shape == (3,)
+    assert prediction.heatmaps.shape == (3, 64, 64)
+    calibration = random_detector.metadata.calibration
+    expected = (
+        0.5
+        * (prediction.scores - calibration.center)
+        / (calibration.threshold - calibration.center)
+    )
+    np.testing.assert_allclose(prediction.normalized_scores, expected, rtol=1e-5)
+    np.testing.assert_array_equal(prediction.labels, prediction.normalized_scores >= 0.5)
+
+
+def test_predict_is_batch_independent(random_detector, images):
+    together = random_detector.predict(images)
+    alone = random_detector.predict(images[1:2])
+    np.testing.assert_allclose(together.scores[1], alone.scores[0], rtol=1e-4)
+
+
+def test_gaussian_kernel_and_blur():
+    kernel = gaussian_kernel1d(4.0)
+    assert kernel.numel() == 33 and kernel.sum().item() == pytest.approx(1.0)
+    impulse = torch.zeros(1, 65, 65)
+    impulse[0, 32, 32] = 1.0
+    blurred = gaussian_blur(impulse)
+    assert blurred.sum().item() == pytest.approx(1.0, rel=1e-4)
+    assert blurred[0, 32, 32] == blurred.max()
+    flat = torch.full((2, 40, 40), 3.0)
+    assert torch.allclose(gaussian_blur(flat), flat, atol=1e-5)
+
+
+def test_heatmap_to_uint8():
+    values = np.array([[-1.0, 0.0, 0.5, 1.0, 7.0]])
+    assert heatmap_to_uint8(values).tolist() == [[0, 0, 127, 255, 255]]
+
+
+def test_images_to_tensor_rejects_bad_input():
+    with pytest.raises(ValueError, match="no images"):
+        images_to_tensor([], 64, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="dtype"):
+        images_to_tensor([np.zeros((64, 64, 3), np.float32)], 64, (0.5,) * 3, (0.5,) * 3)
+    gray = images_to_tensor([np.zeros((30, 40), np.uint8)], 64, (0.5,) * 3, (0.5,) * 3)
+    assert gray.shape == (1, 3, 64, 64)

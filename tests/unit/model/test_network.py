@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from model.backbones import BACKBONE_SPECS, build_backbone
+from model.features import PatchFeatureAggregator, adaptive_pool_matrix, projection_matrices
+from model.loss import truncated_l1_loss
+from model.network import Discriminator, FeatureAdaptor, SimpleNetHead
+from model.noise import GaussianAnomalyGenerator
+
+
+def test_adaptive_pool_matrix_matches_torch():
+    x = torch.randn(5, 40, dtype=torch.float64)
+    pooled = torch.nn.functional.adaptive_avg_pool1d(x[:, None, :], 112)[:, 0]
+    assert torch.allclose(x @ adaptive_pool_matrix(40, 112).T, pooled)
+
+
+def test_projection_keeps_both_lite0_layers_whole():
+    first, second = projection_matrices((40, 112), 112, 224)
+    assert first.shape == (224, 40) and second.shape == (224, 112)
+    # layer 2 occupies the second half of the feature as an identity: nothing averaged away
+    assert torch.allclose(second[112:], torch.eye(112))
+    assert torch.count_nonzero(second[:112]) == 0
+    # every layer-1 channel reaches the feature
+    assert bool((first[:112].sum(dim=0) > 0).all())
+
+
+def test_aggregator_shapes_and_linearity():
+    spec = BACKBONE_SPECS["efficientnet_lite0"]
+    aggregator = PatchFeatureAggregator(spec, common_dim=112, embed_dim=224)
+    maps_a = [torch.randn(2, 40, 8, 8), torch.randn(2, 112, 4, 4)]
+    maps_b = [torch.randn(2, 40, 8, 8), torch.randn(2, 112, 4, 4)]
+    out = aggregator(maps_a)
+    assert out.shape == (2, 224, 8, 8)
+    summed = aggregator([a + b for a, b in zip(maps_a, maps_b, strict=True)])
+    assert torch.allclose(summed, out + aggregator(maps_b), atol=1e-5)
+
+
+def test_backbone_shapes(lite0):
+    maps = lite0(torch.randn(1, 3, 64, 64))
+    assert [tuple(m.shape) for m in maps] == [(1, 40, 8, 8), (1, 112, 4, 4)]
+    assert not any(p.requires_grad for p in lite0.parameters())
+
+
+def test_wide_resnet_without_weights_names_the_file(tmp_path, monkeypatch):
+    from model.errors import BackboneWeightsError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(BackboneWeightsError, match=r"wide_resnet50_2-95faca4d\.pth"):
+        build_backbone("wide_resnet50_2")
+    random = build_backbone("wide_resnet50_2", pretrained=False)
+    assert [m.shape[1] for m in random(torch.randn(1, 3, 64, 64))] == [512, 1024]
+
+
+def test_head_shapes():
+    head = SimpleNetHead(16, 32).eval()
+    assert FeatureAdaptor(16)(torch.randn(5, 16)).shape == (5, 16)
+    assert Discriminator(16, 32).eval()(torch.randn(5, 16)).shape == (5,)
+    assert head(torch.randn(7, 16)).shape == (7,)
+
+
+def test_truncated_l1_loss_known_values():
+    normal = torch.tensor([1.0, 0.5, 0.0, -1.0])  # hinge terms 0, 0, 0.5, 1.5 -> mean 0.5
+    anomalous = torch.tensor([-1.0, 0.0, 0.5])  # terms 0, 0.5, 1.0 -> mean 0.5
+    assert truncated_l1_loss(normal, anomalous).item() == pytest.approx(1.0)
+    assert truncated_l1_loss(torch.tensor([0.6]), torch.tensor([-0.7])).item() == 0.0
+
+
+def test_noise_statistics():
+    generator = torch.Generator().manual_seed(1)
+    features = torch.zeros(200_000, 4)
+    noisy = GaussianAnomalyGenerator(0.015)(features, generator=generator)
+    assert noisy.mean().abs().item() < 1e-4
+    assert noisy.std().item() == pytest.approx(0.015, rel=0.01)
+    with pytest.raises(ValueError):
+        GaussianAnomalyGenerator(0.0)
