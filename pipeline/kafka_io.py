@@ -479,3 +479,33 @@ class BufferedFrameSink:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class KafkaDeadLetterSink:
+    """Sends unprocessable records to the dead-letter topic.
+
+    Each dead letter keeps the original key, bytes and headers, and adds the reason, a
+    detail and the origin (topic/partition/offset).
+
+    Args:
+        sink: Record sink.
+        topic: Dead-letter topic.
+        worker_id: Recorded in each dead letter.
+    """
+
+    def __init__(self, sink: KafkaRecordSink, topic: str, worker_id: str) -> None:
+        self._sink = sink
+        self._topic = topic
+        self._worker_id = worker_id
+
+    def dead_letter(self, record: ConsumedRecord, reason: str, detail: str) -> None:
+        """Queue one dead letter (acknowledged by :meth:`flush`)."""
+        try:
+            self._sink.send(self._topic, record.key, record.value,
+                            dead_letter_headers(record, reason, detail, self._worker_id))
+        except KafkaError as error:
+            raise TransportUnavailableError(f"dead-letter send failed: {error}") from error
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for queued dead letters."""
+        self._sink.flush(timeout_s)

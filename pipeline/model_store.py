@@ -61,14 +61,15 @@ class Detector(Protocol):
         ...
 
 
-ModelLoader = Callable[[Path, str], Detector]
+ModelLoader = Callable[[Path, str, str], Detector]
+"""``(artifact path, device, product line) -> Detector``."""
 
 
-def load_with_model_package(path: Path, device: str) -> Detector:
+def load_with_model_package(path: Path, device: str, line: str) -> Detector:
     """Default loader: ``model.artifact.load_artifact`` (checksum-verified, no pickle)."""
     from model.artifact import load_artifact
 
-    return load_artifact(path, device=device)
+    return load_artifact(path, device=device, expected_product_line=line)
 
 
 def resolve_device(device: str) -> str:
@@ -145,7 +146,7 @@ class ModelStore:
 
     Args:
         root: Store directory.
-        loader: ``(path, device) -> Detector``.
+        loader: ``(path, device, line) -> Detector``.
         device: Device to load on.
         cache_size: Most models kept loaded.
         refresh_s: How often the ``current`` pointer is re-read per line.
@@ -221,7 +222,7 @@ class ModelStore:
         line, version = key
         path = artifact_path(self.root, line, version)
         started = time.perf_counter()
-        detector = self._loader(path, self.device)
+        detector = self._loader(path, self.device, line)
         logger.info("loaded model %s of line %s on %s in %.2fs", version, line, self.device,
                     time.perf_counter() - started)
         self._models[key] = detector
