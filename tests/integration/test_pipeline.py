@@ -239,3 +239,49 @@ def test_bad_input_goes_to_dead_letters_and_good_frames_get_results(wiring, star
     assert running.worker.metrics.dead_letters.total() == len(bad)
     print(f"frames produced {len(goods)} good + {len(bad)} bad; results {len(stored)}; "
           f"dead letters {len(letters)}")
+
+
+def test_alert_subscriber_acknowledges_and_resumes(wiring):
+    from pipeline.messages import ResultMessage, Timings
+    from pipeline.redis_store import RedisResultSink, StoredResult
+    from workers.alert_subscriber import AlertSubscriber
+
+    client = redis.Redis.from_url(wiring.redis_url)
+    keys = RedisKeys(wiring.prefix)
+    sink = RedisResultSink(wiring.redis_url, keys)
+
+    def alert(i):
+        return StoredResult(ResultMessage(f"f{i}", "cam-a", "line-a", time.time(), 1.0, 0.9,
+                                          True, "v1", Timings(1, 1, 1, 1)))
+
+    assert sink.store([alert(i) for i in range(3)]) == [True] * 3
+    assert sink.store([alert(0)]) == [False], "a replay adds no second alert"
+    seen = []
+
+    def flaky(a):
+        if a.frame_id == "f1" and not any(s == "f1" for s in seen[:-1]):
+            seen.append("f1")
+            raise RuntimeError("forwarding failed")
+        seen.append(a.frame_id)
+
+    first = AlertSubscriber(client, keys, "line-a", "ops", "c1", flaky, block_ms=10)
+    first.ensure_group()
+    with pytest.raises(RuntimeError):
+        first.poll()
+    # f0 was handled and acknowledged; f1 failed, f2 was delivered but not handled.
+    # Restarted: resumes its pending entries (f1, f2), then the new one (f3).
+    sink.store([alert(3)])
+    second = AlertSubscriber(client, keys, "line-a", "ops", "c1",
+                             lambda a: seen.append(a.frame_id), block_ms=10)
+    stop = threading.Event()
+    thread = threading.Thread(target=second.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while second.handled < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(5)
+    assert second.handled == 3
+    assert seen == ["f0", "f1", "f1", "f2", "f3"]
+    assert client.xpending(keys.alerts("line-a"), "ops")["pending"] == 0
+    sink.close()
