@@ -23,11 +23,13 @@ import cv2
 import numpy as np
 import redis
 
-from pipeline.camera import IMAGE_SUFFIXES
+from pipeline.camera import IMAGE_SUFFIXES, OpenCVReader
+from pipeline.codec import encode_image
 from pipeline.local_stack import LocalStack, free_port
+from pipeline.messages import Encoding
 from pipeline.model_store import publish_model
 from pipeline.redis_store import RedisKeys, RedisResultReader
-from pipeline.synthetic import frame_sequence, good_frames, write_video
+from pipeline.synthetic import SyntheticFrame, frame_sequence, good_frames, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,17 @@ def _fit(args: argparse.Namespace, store: Path) -> str:
     if args.data:
         train = _load_images(Path(args.data) / "train" / "good", args.train_images)
     else:
-        train = good_frames(args.train_images, args.size, seed=0)
+        # the camera's path: video codec, then the producer's JPEG; train on the same
+        video = write_video([SyntheticFrame(image, None) for image in
+                             good_frames(args.train_images, args.size, seed=0)],
+                            Path(args.workdir) / "train.avi", fps=args.fps)
+        reader = OpenCVReader(str(video))
+        train = []
+        while (image := reader.read()) is not None:
+            payload = encode_image(image, Encoding.JPEG, 90)
+            train.append(cv2.cvtColor(cv2.imdecode(np.frombuffer(payload, np.uint8), 1),
+                                      cv2.COLOR_BGR2RGB))
+        reader.close()
     print(f"[demo] fitting SimpleNet (efficientnet_lite0, {args.size}px, {args.epochs} epochs) "
           f"on {len(train)} good frames ...", flush=True)
     started = time.monotonic()
@@ -178,8 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line of the demo."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="MVTec-layout folder of real images (train/good, test)")
-    parser.add_argument("--frames", type=int, default=150, help="frames to stream")
-    parser.add_argument("--fps", type=float, default=10.0, help="camera frame rate")
+    parser.add_argument("--frames", type=int, default=100, help="frames to stream")
+    parser.add_argument("--fps", type=float, default=4.0, help="camera frame rate")
     parser.add_argument("--size", type=int, default=128, help="model input size")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--train-images", type=int, default=60)
