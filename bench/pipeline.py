@@ -111,7 +111,7 @@ def main() -> None:
                "LINEWATCH_BATCHING__MAX_BATCH_SIZE": str(args.batch),
                "LINEWATCH_BATCHING__MAX_WAIT_MS": "20",
                "LINEWATCH_HTTP__PORT": str(port), "LINEWATCH_FETCH_MAX_WAIT_MS": "20",
-               "LINEWATCH_MAX_POLL_INTERVAL_MS": "3000", "LINEWATCH_SESSION_TIMEOUT_MS": "6000",
+               "LINEWATCH_MAX_POLL_INTERVAL_MS": "20000", "LINEWATCH_SESSION_TIMEOUT_MS": "10000",
                "LINEWATCH_HEARTBEAT_INTERVAL_MS": "500"}
         worker = subprocess.Popen([sys.executable, "-m", "workers.inference",
                                    "--log-level", "WARNING"], env=env)
