@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torchvision.io import ImageReadMode, decode_image
+
+# torchvision 0.29 marks its image codecs deprecated in favour of torchcodec, which has no
+# release pinned with torch 2.14.1 here; they still work and keep model/ free of OpenCV.
+warnings.filterwarnings("ignore", message="The image decoding and encoding", module="torchvision")
 
 from model.errors import DatasetError
 
