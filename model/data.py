@@ -16,7 +16,7 @@ from torchvision.io import ImageReadMode, decode_image
 # release pinned with torch 2.14.1 here; they still work and keep model/ free of OpenCV.
 warnings.filterwarnings("ignore", message="The image decoding and encoding", module="torchvision")
 
-from model.errors import DatasetError
+from model.errors import DatasetError  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
