@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torchvision.io import ImageReadMode, decode_image
 
-from model.errors import DatasetError
+# torchvision 0.29 marks its image codecs deprecated in favour of torchcodec, which has no
+# release pinned with torch 2.14.1 here; they still work and keep model/ free of OpenCV.
+warnings.filterwarnings("ignore", message="The image decoding and encoding", module="torchvision")
+
+from model.errors import DatasetError  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 

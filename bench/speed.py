@@ -1,0 +1,96 @@
+"""Throughput of the full detector (backbone + folded head) vs the bare backbone trunk.
+
+Measured side by side in one run on the CPU, at 256 px, batch 1 and 8, for the default
+EfficientNet-Lite0 (ImageNet weights) and WideResNet50-2 (random weights: speed only).
+"full" is what a worker runs per batch on an already decoded batch: backbone, folded head,
+max, upsampling and the sigma-4 Gaussian blur of the heatmap.
+
+    python bench/speed.py [--repeats 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from model.backbones import build_backbone
+from model.detector import AnomalyDetector, gaussian_blur
+from model.features import DEFAULT_COMMON_DIM, DEFAULT_EMBED_DIM
+from model.metadata import Calibration, DetectorMetadata
+from model.network import SimpleNetHead
+
+SIZE = 256
+
+
+def _detector(backbone_name: str) -> AnomalyDetector:
+    backbone = build_backbone(backbone_name, pretrained=backbone_name == "efficientnet_lite0")
+    embed = DEFAULT_EMBED_DIM[backbone_name]
+    metadata = DetectorMetadata(
+        version="bench",
+        product_line="bench",
+        backbone=backbone_name,
+        layers=backbone.spec.layers,
+        image_size=SIZE,
+        common_dim=DEFAULT_COMMON_DIM[backbone_name],
+        embed_dim=embed,
+        hidden_dim=1024,
+        noise_sigma=0.015,
+        feature_scale=1.0,
+        epochs=1,
+        calibration=Calibration(0.0, 1.0, 0.99),
+        calibration_scores=(),
+        train_image_count=0,
+        holdout_image_count=0,
+        train_fingerprint="",
+        created_at="",
+        code_version="bench",
+    )
+    return AnomalyDetector(backbone=backbone, head=SimpleNetHead(embed).eval(), metadata=metadata)
+
+
+def _full(detector: AnomalyDetector, batch: torch.Tensor) -> torch.Tensor:
+    maps = detector.score_maps(batch)
+    upsampled = F.interpolate(maps[:, None], size=(SIZE, SIZE), mode="bilinear")[:, 0]
+    heatmaps = gaussian_blur(upsampled)
+    return maps.flatten(1).amax(1) + heatmaps[:, 0, 0]
+
+
+def _rate(fn, batch: torch.Tensor, repeats: int) -> float:
+    with torch.inference_mode():
+        for _ in range(3):
+            fn(batch)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            fn(batch)
+    return repeats * batch.shape[0] / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"CPU, {args.threads} threads, {SIZE}x{SIZE} px, images/s (higher is better)")
+    print(f"{'backbone':<20} {'batch':>5} {'trunk':>9} {'full':>9} {'full/trunk':>10}")
+    for name in ("efficientnet_lite0", "wide_resnet50_2"):
+        detector = _detector(name)
+        for batch_size in (1, 8):
+            batch = torch.randn(batch_size, 3, SIZE, SIZE)
+            repeats = (
+                max(args.repeats // batch_size, 3) if name == "wide_resnet50_2" else args.repeats
+            )
+            # interleave trunk and full twice so drift in machine load hits both alike
+            trunk_rates, full_rates = [], []
+            for _ in range(2):
+                trunk_rates.append(_rate(detector.backbone, batch, repeats))
+                full_rates.append(_rate(lambda b, d=detector: _full(d, b), batch, repeats))
+            trunk, full = max(trunk_rates), max(full_rates)
+            print(f"{name:<20} {batch_size:>5} {trunk:>9.1f} {full:>9.1f} {full / trunk:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
