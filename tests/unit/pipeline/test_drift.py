@@ -73,8 +73,11 @@ def test_config_rejects_inconsistent_bounds(kwargs: dict[str, float]) -> None:
 @pytest.mark.parametrize("method", [DriftMethod.KS, DriftMethod.PSI])
 def test_no_alert_on_scores_from_calibration_distribution(method: DriftMethod) -> None:
     rng = np.random.default_rng(1)
-    bound = {"raise_above": 0.3, "clear_below": 0.15} if method is DriftMethod.KS else {
-        "raise_above": 0.5, "clear_below": 0.2}
+    bound = (
+        {"raise_above": 0.3, "clear_below": 0.15}
+        if method is DriftMethod.KS
+        else {"raise_above": 0.5, "clear_below": 0.2}
+    )
     detector = DriftDetector(_calibration(rng), DriftConfig(method=method, **bound))
     evaluations = detector.update_many(rng.normal(0.30, 0.06, size=3000))
     assert evaluations, "the detector must evaluate once min_samples is reached"
@@ -85,8 +88,11 @@ def test_no_alert_on_scores_from_calibration_distribution(method: DriftMethod) -
 @pytest.mark.parametrize("method", [DriftMethod.KS, DriftMethod.PSI])
 def test_alert_fires_on_shifted_scores_and_clears_after_recovery(method: DriftMethod) -> None:
     rng = np.random.default_rng(2)
-    bound = {"raise_above": 0.3, "clear_below": 0.15} if method is DriftMethod.KS else {
-        "raise_above": 0.5, "clear_below": 0.2}
+    bound = (
+        {"raise_above": 0.3, "clear_below": 0.15}
+        if method is DriftMethod.KS
+        else {"raise_above": 0.5, "clear_below": 0.2}
+    )
     config = DriftConfig(method=method, window=300, min_samples=150, evaluate_every=10, **bound)
     detector = DriftDetector(_calibration(rng), config)
     detector.update_many(rng.normal(0.30, 0.06, size=400))
@@ -114,8 +120,9 @@ def test_min_samples_gate() -> None:
 
 def test_hysteresis_keeps_alert_between_bounds() -> None:
     reference = np.linspace(0.0, 1.0, 1000)
-    config = DriftConfig(window=100, min_samples=100, raise_above=0.3, clear_below=0.1,
-                         evaluate_every=100)
+    config = DriftConfig(
+        window=100, min_samples=100, raise_above=0.3, clear_below=0.1, evaluate_every=100
+    )
     detector = DriftDetector(reference, config)
     # Uniform on [0.4, 1.0]: KS = 0.4 -> alert starts.
     first = detector.update_many(np.linspace(0.4, 1.0, 100))
