@@ -69,7 +69,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
     server_version = "linewatch-dashboard"
     sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Send access logs to the logging module instead of stderr."""
         logger.debug("%s %s", self.address_string(), format % args)
 
@@ -90,11 +90,11 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def _not_found(self, what: str = "not found") -> None:
         self._send_json({"error": what}, HTTPStatus.NOT_FOUND)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         """Answer HEAD like GET without a body."""
         self.do_GET()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         """Dispatch a GET request."""
         url = urlsplit(self.path)
         parts = [part for part in url.path.split("/") if part]
