@@ -212,11 +212,11 @@ class DashboardServer(ThreadingHTTPServer):
 
 def main() -> None:
     """Run the dashboard until SIGTERM or SIGINT."""
-    from pipeline.ops_settings import DashboardSettings
+    from pipeline.ops_settings import DashboardSettings, redis_client
 
     settings = DashboardSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    client = settings.redis.client()
+    client = redis_client(settings.redis)
     store = DashboardStore(client, settings.redis.key_prefix)
     server = DashboardServer(
         (settings.http.host, settings.http.port),

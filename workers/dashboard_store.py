@@ -16,28 +16,34 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-logger = logging.getLogger(__name__)
+from pipeline.errors import SchemaError
+from pipeline.messages import validate_id
 
-IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-"""Accepted camera ids, line names and frame ids (also keeps keys free of glob characters)."""
+logger = logging.getLogger(__name__)
 
 
 def is_identifier(value: str) -> bool:
     """Tell whether ``value`` is an acceptable camera id, line name or frame id.
 
+    The same rule as the pipeline's (:func:`pipeline.messages.validate_id`), so anything a
+    worker stored can be asked for, and nothing from a URL can reach outside the layout.
+
     Args:
         value: Candidate identifier from a URL.
 
     Returns:
-        ``True`` if it matches :data:`IDENTIFIER_PATTERN`.
+        ``True`` if it is 1-128 characters of ``[A-Za-z0-9._-]`` starting alphanumeric.
     """
-    return bool(IDENTIFIER_PATTERN.fullmatch(value))
+    try:
+        validate_id(value, "identifier")
+    except SchemaError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ Run: ``python -m workers.drift_monitor`` (settings: ``LINEWATCH_`` env, see
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -23,13 +22,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pipeline.drift import DriftConfig, DriftDetector, DriftEvaluation, DriftTransition
+from pipeline.errors import SchemaError
+from pipeline.messages import ResultMessage
+from pipeline.observability import MetricsRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -82,48 +83,34 @@ class ModelStoreReference:
 
 
 class DriftMetrics:
-    """Prometheus metrics of the drift monitor.
+    """Metrics of the drift monitor (served on ``/metrics``).
 
     Args:
         registry: Registry to register the metrics in.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.statistic = Gauge(
+    def __init__(self, registry: MetricsRegistry) -> None:
+        self.statistic = registry.gauge(
             "linewatch_drift_statistic",
             "Latest drift statistic (KS or PSI) of the line's score window",
             ["line"],
-            registry=registry,
         )
-        self.active = Gauge(
-            "linewatch_drift_active",
-            "1 while a drift alert is active on the line",
-            ["line"],
-            registry=registry,
+        self.active = registry.gauge(
+            "linewatch_drift_active", "1 while a drift alert is active on the line", ["line"]
         )
-        self.window_samples = Gauge(
-            "linewatch_drift_window_samples",
-            "Scores in the line's drift window",
-            ["line"],
-            registry=registry,
+        self.window_samples = registry.gauge(
+            "linewatch_drift_window_samples", "Scores in the line's drift window", ["line"]
         )
-        self.alerts = Counter(
-            "linewatch_drift_alerts",
-            "Drift alerts started on the line",
-            ["line"],
-            registry=registry,
+        self.alerts = registry.counter(
+            "linewatch_drift_alerts_total", "Drift alerts started on the line", ["line"]
         )
-        self.results = Counter(
-            "linewatch_drift_results",
-            "Results read by the drift monitor",
-            ["line"],
-            registry=registry,
+        self.results = registry.counter(
+            "linewatch_drift_results_total", "Results read by the drift monitor", ["line"]
         )
-        self.skipped = Counter(
-            "linewatch_drift_skipped",
+        self.skipped = registry.counter(
+            "linewatch_drift_skipped_total",
             "Results the drift monitor could not use",
             ["line", "reason"],
-            registry=registry,
         )
 
 
@@ -156,7 +143,7 @@ class DriftMonitor:
         prefix: str,
         references: ReferenceSource,
         config: DriftConfig,
-        registry: CollectorRegistry,
+        registry: MetricsRegistry,
         *,
         group: str = "drift-monitor",
         consumer: str = "drift-monitor-0",
@@ -169,7 +156,7 @@ class DriftMonitor:
         self._prefix = prefix
         self._references = references
         self._config = config
-        self._metrics = DriftMetrics(registry)
+        self.metrics = DriftMetrics(registry)
         self._group = group
         self._consumer = consumer
         self._fixed_lines = tuple(lines)
@@ -270,27 +257,30 @@ class DriftMonitor:
         return handled
 
     def _handle(self, line: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        self._metrics.results.labels(line).inc()
+        self.metrics.results.inc(line=line)
+        raw = fields.get(b"result")
         try:
-            result = json.loads(fields[b"result"])
-            score = float(result["normalized_score"])
-            version = str(result["model_version"])
-        except (KeyError, ValueError, TypeError) as error:
+            if raw is None:
+                raise SchemaError("stream entry has no result field")
+            result = ResultMessage.from_json(raw)
+        except SchemaError as error:
             logger.warning("line %s entry %r: unusable result (%s)", line, entry_id, error)
-            self._metrics.skipped.labels(line, "bad_result").inc()
+            self.metrics.skipped.inc(line=line, reason="bad_result")
             return
-        state = self._state_for(line, version)
+        state = self._state_for(line, result.model_version)
         if state is None:
-            self._metrics.skipped.labels(line, "no_reference").inc()
+            self.metrics.skipped.inc(line=line, reason="no_reference")
             return
-        evaluation = state.detector.update(score)
-        self._metrics.window_samples.labels(line).set(state.detector.sample_count)
+        evaluation = state.detector.update(result.normalized_score)
+        self.metrics.window_samples.set(state.detector.sample_count, line=line)
         if evaluation is None:
             return
-        self._metrics.statistic.labels(line).set(evaluation.statistic)
-        self._metrics.active.labels(line).set(1.0 if evaluation.drifting else 0.0)
+        self.metrics.statistic.set(evaluation.statistic, line=line)
+        self.metrics.active.set(1.0 if evaluation.drifting else 0.0, line=line)
         if evaluation.transition is not None:
-            self._publish(line, version, evaluation, evaluation.transition, result)
+            self._publish(
+                line, result.model_version, evaluation, evaluation.transition, result.frame_id
+            )
 
     def _state_for(self, line: str, version: str) -> _LineState | None:
         state = self._states.get(line)
@@ -313,14 +303,14 @@ class DriftMonitor:
                 state.model_version,
                 state.detector.last_evaluation,
                 DriftTransition.CLEARED,
-                None,
+                "",
                 reason="model_version_changed",
             )
         logger.info(
             "line %s: drift reference from model %s (%d scores)", line, version, reference.size
         )
         self._states[line] = new_state
-        self._metrics.active.labels(line).set(0.0)
+        self.metrics.active.set(0.0, line=line)
         return new_state
 
     def _publish(
@@ -329,7 +319,7 @@ class DriftMonitor:
         version: str,
         evaluation: DriftEvaluation,
         transition: DriftTransition,
-        result: dict[str, Any] | None,
+        last_frame_id: str,
         reason: str = "statistic",
     ) -> None:
         event = {
@@ -345,12 +335,12 @@ class DriftMonitor:
             "reference_samples": str(evaluation.reference_count),
             "window_mean": f"{evaluation.window_mean:.6f}",
             "reference_mean": f"{evaluation.reference_mean:.6f}",
-            "last_frame_id": "" if result is None else str(result.get("frame_id", "")),
+            "last_frame_id": last_frame_id,
             "at": f"{time.time():.3f}",
         }
         self._client.xadd(self.drift_key(line), event, maxlen=self._drift_maxlen, approximate=True)
         if transition is DriftTransition.STARTED:
-            self._metrics.alerts.labels(line).inc()
+            self.metrics.alerts.inc(line=line)
             logger.warning(
                 "line %s: drift started (%s %.3f >= %.3f, window mean %.3f vs %.3f)",
                 line,
@@ -379,13 +369,13 @@ class DriftMonitor:
 
 def main() -> None:
     """Run the drift monitor until SIGTERM or SIGINT."""
-    from pipeline.ops_settings import DriftSettings
-    from workers.probe_server import ProbeServer
+    from pipeline.observability import HealthServer
+    from pipeline.ops_settings import DriftSettings, redis_client
 
     settings = DriftSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    client = settings.redis.client()
-    registry = CollectorRegistry()
+    client = redis_client(settings.redis)
+    registry = MetricsRegistry()
     monitor = DriftMonitor(
         client,
         settings.redis.key_prefix,
@@ -407,11 +397,12 @@ def main() -> None:
             return False
 
     stall_s = max(30.0, 10 * settings.block_ms / 1000)
-    probes = ProbeServer(
-        (settings.http.host, settings.http.port),
+    health = HealthServer(
         registry,
-        alive=lambda: time.monotonic() - monitor.last_progress < stall_s,
-        ready=ready,
+        is_alive=lambda: time.monotonic() - monitor.last_progress < stall_s,
+        is_ready=ready,
+        host=settings.http.host,
+        port=settings.http.port,
     )
     stop = threading.Event()
 
@@ -421,12 +412,12 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    probes.start()
-    logger.info("drift monitor: probes on %s", probes.url)
+    if settings.http.enabled:
+        health.start()
     try:
         monitor.run(stop)
     finally:
-        probes.stop()
+        health.stop()
         client.close()
 
 

@@ -40,11 +40,10 @@ function formatTime(value) {
   return isNaN(date) ? String(value) : date.toLocaleTimeString();
 }
 
+// Result messages (pipeline/messages.py ResultMessage): label is true when anomalous.
 function isAnomaly(result) {
-  if (typeof result.is_anomaly === "boolean") return result.is_anomaly;
-  if (typeof result.label === "string") return result.label !== "good";
   if (typeof result.label === "boolean") return result.label;
-  return result.normalized_score >= 0.5;
+  return Number(result.normalized_score) >= 0.5;
 }
 
 // Jet colour map without its dark-red tail: 0 -> blue, 0.5 -> green-cyan, 1 -> pure red.
@@ -85,7 +84,7 @@ async function drawCamera(canvas, caption, camera) {
   const anomaly = isAnomaly(latest);
   caption.textContent =
     `${camera.camera_id} · frame ${latest.frame_id} · score ${Number(latest.normalized_score).toFixed(3)}` +
-    ` · ${anomaly ? "ANOMALY" : "good"} · model ${latest.model_version} · ${formatTime(latest.captured_at)}`;
+    ` · ${anomaly ? "ANOMALY" : "good"} · model ${latest.model_version} · ${formatTime(latest.capture_ts)}`;
   caption.className = anomaly ? "caption anomaly" : "caption";
   if (state.drawnFrames.get(camera.camera_id) === latest.frame_id) return;
   const id = encodeURIComponent(camera.camera_id);
@@ -165,7 +164,7 @@ function fillAlerts(table, entries) {
     const r = entry.result;
     const row = el("tr", { "data-frame-id": r.frame_id });
     row.append(
-      el("td", {}, formatTime(r.captured_at)),
+      el("td", {}, formatTime(r.capture_ts)),
       el("td", {}, r.camera_id),
       el("td", {}, r.frame_id),
       el("td", {}, Number(r.normalized_score).toFixed(3)),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 
+from pipeline.messages import ResultMessage, Timings
 from tests.integration.ops.webdriver import WebDriver, browser_missing_reason
 from workers.dashboard import DashboardServer
 from workers.dashboard_store import DashboardStore
@@ -23,18 +23,20 @@ CAMERA = "cam-1"
 GREY = 128
 
 
-def _result(frame_id: str, score: float, captured_at: float) -> dict[str, object]:
-    return {
-        "schema_version": 1,
-        "frame_id": frame_id,
-        "camera_id": CAMERA,
-        "product_line": LINE,
-        "score": score * 2.0,
-        "normalized_score": score,
-        "is_anomaly": score >= 0.5,
-        "model_version": "tiles-20260101-abc123",
-        "captured_at": captured_at,
-    }
+def _result(frame_id: str, score: float, capture_ts: float) -> ResultMessage:
+    return ResultMessage(
+        frame_id=frame_id,
+        camera_id=CAMERA,
+        product_line=LINE,
+        capture_ts=capture_ts,
+        image_score=score * 2.0,
+        normalized_score=score,
+        label=score >= 0.5,
+        model_version="tiles-20260101-abc123",
+        timings=Timings(queue_ms=3.0, decode_ms=1.0, infer_ms=9.0, batch_size=4),
+        stored_ts=capture_ts + 0.02,
+        worker_id="worker-0",
+    )
 
 
 def seed(client: redis.Redis, prefix: str) -> dict[str, object]:
@@ -49,15 +51,15 @@ def seed(client: redis.Redis, prefix: str) -> dict[str, object]:
     alerts = []
     for i, score in enumerate(scores):
         result = _result(f"f{i:04d}", score, now - 30 + i)
-        payload = json.dumps(result)
+        payload = result.to_json()
         client.xadd(f"{prefix}:results:{LINE}", {"result": payload})
-        if result["is_anomaly"]:
+        if result.label:
             client.xadd(f"{prefix}:alerts:{LINE}", {"result": payload})
-            alerts.append(result["frame_id"])
+            alerts.append(result.frame_id)
     last = _result("f0029", scores[-1], now)
     client.set(f"{prefix}:frame:{CAMERA}:f0029", frame_jpeg, ex=600)
     client.set(f"{prefix}:heatmap:{CAMERA}:f0029", heatmap_png, ex=600)
-    client.set(f"{prefix}:latest:{CAMERA}", json.dumps(last))
+    client.set(f"{prefix}:latest:{CAMERA}", last.to_json())
     client.sadd(f"{prefix}:lines", LINE)
     client.sadd(f"{prefix}:cameras:{LINE}", CAMERA)
     client.xadd(

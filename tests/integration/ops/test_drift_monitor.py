@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 import redis
-from prometheus_client import CollectorRegistry
 
 from pipeline.drift import DriftConfig
+from pipeline.messages import ResultMessage, Timings
+from pipeline.observability import HealthServer, MetricsRegistry
 from workers.drift_monitor import DriftMonitor
-from workers.probe_server import ProbeServer
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +38,18 @@ def _publish(
 ) -> None:
     pipe = client.pipeline()
     for i, score in enumerate(scores):
-        result = {
-            "frame_id": f"f{start + i:06d}",
-            "camera_id": "cam-1",
-            "product_line": LINE,
-            "score": float(score),
-            "normalized_score": float(score),
-            "is_anomaly": bool(score >= 0.5),
-            "model_version": version,
-            "captured_at": 1_700_000_000.0 + start + i,
-        }
-        pipe.xadd(f"{prefix}:results:{LINE}", {"result": json.dumps(result)})
+        result = ResultMessage(
+            frame_id=f"f{start + i:06d}",
+            camera_id="cam-1",
+            product_line=LINE,
+            capture_ts=1_700_000_000.0 + start + i,
+            image_score=float(score),
+            normalized_score=float(score),
+            label=bool(score >= 0.5),
+            model_version=version,
+            timings=Timings(queue_ms=1.0, decode_ms=1.0, infer_ms=5.0, batch_size=8),
+        )
+        pipe.xadd(f"{prefix}:results:{LINE}", {"result": result.to_json()})
     pipe.execute()
 
 
@@ -72,7 +73,7 @@ def setup(redis_client: redis.Redis, key_prefix: str):
     references = InMemoryReferences(
         {"v1": rng.normal(0.30, 0.06, 100), "v2": rng.normal(0.3, 0.06, 100)}
     )
-    registry = CollectorRegistry()
+    registry = MetricsRegistry()
     config = DriftConfig(
         window=300, min_samples=150, raise_above=0.3, clear_below=0.15, evaluate_every=10
     )
@@ -98,8 +99,8 @@ def test_normal_scores_raise_no_alert_shifted_scores_do(
     _publish(redis_client, key_prefix, rng.normal(0.30, 0.06, 600), "v1", 0)
     assert _drain(monitor) == 600
     assert _events(redis_client, key_prefix) == []
-    assert registry.get_sample_value("linewatch_drift_active", {"line": LINE}) == 0.0
-    assert registry.get_sample_value("linewatch_drift_results_total", {"line": LINE}) == 600
+    assert monitor.metrics.active.value(line=LINE) == 0.0
+    assert monitor.metrics.results.value(line=LINE) == 600
 
     # Brighter frames: scores move up, most still under the 0.5 threshold (no frame alerts).
     shifted = rng.normal(0.42, 0.06, 400)
@@ -111,8 +112,9 @@ def test_normal_scores_raise_no_alert_shifted_scores_do(
     assert float(events[0]["statistic"]) >= 0.3
     assert float(events[0]["window_mean"]) > float(events[0]["reference_mean"])
     assert events[0]["model_version"] == "v1"
-    assert registry.get_sample_value("linewatch_drift_active", {"line": LINE}) == 1.0
-    assert registry.get_sample_value("linewatch_drift_alerts_total", {"line": LINE}) == 1.0
+    assert monitor.metrics.active.value(line=LINE) == 1.0
+    assert monitor.metrics.alerts.value(line=LINE) == 1.0
+    assert 'linewatch_drift_active{line="tiles"} 1' in registry.render()
 
     # A retrained model (new version, new calibration) clears the alert and starts afresh.
     _publish(redis_client, key_prefix, rng.normal(0.30, 0.06, 50), "v2", 1000)
@@ -130,18 +132,12 @@ def test_normal_scores_raise_no_alert_shifted_scores_do(
 def test_unknown_model_and_bad_results_are_counted_and_skipped(
     redis_client: redis.Redis, key_prefix: str, setup
 ) -> None:
-    monitor, registry, references, rng = setup
+    monitor, _, references, rng = setup
     _publish(redis_client, key_prefix, rng.normal(0.3, 0.06, 20), "v-missing", 0)
     redis_client.xadd(f"{key_prefix}:results:{LINE}", {"result": b"{not json"})
     assert _drain(monitor) == 21
-    skipped = registry.get_sample_value(
-        "linewatch_drift_skipped_total", {"line": LINE, "reason": "no_reference"}
-    )
-    assert skipped == 20
-    bad = registry.get_sample_value(
-        "linewatch_drift_skipped_total", {"line": LINE, "reason": "bad_result"}
-    )
-    assert bad == 1
+    assert monitor.metrics.skipped.value(line=LINE, reason="no_reference") == 20
+    assert monitor.metrics.skipped.value(line=LINE, reason="bad_result") == 1
     # The missing reference is looked up once, not once per result.
     assert references.requests == [(LINE, "v-missing")]
 
@@ -161,20 +157,16 @@ def test_restarted_monitor_reads_its_pending_entries_first(
     assert redis_client.xpending(f"{key_prefix}:results:{LINE}", "drift-test")["pending"] == 0
 
 
-def test_probe_server_serves_metrics(redis_client: redis.Redis, key_prefix: str, setup) -> None:
+def test_metrics_endpoint_shows_drift(redis_client: redis.Redis, key_prefix: str, setup) -> None:
     monitor, registry, _, rng = setup
     _publish(redis_client, key_prefix, rng.normal(0.6, 0.06, 200), "v1", 0)
     _drain(monitor)
-    probes = ProbeServer(("127.0.0.1", 0), registry, alive=lambda: True, ready=lambda: False)
-    probes.start()
-    try:
-        with urllib.request.urlopen(probes.url + "/metrics", timeout=5) as response:
+    with HealthServer(registry, is_alive=lambda: True, is_ready=lambda: False) as health:
+        url = f"http://127.0.0.1:{health.port}"
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
             text = response.read().decode()
-        assert 'linewatch_drift_active{line="tiles"} 1.0' in text
-        with urllib.request.urlopen(probes.url + "/healthz", timeout=5) as response:
-            assert response.status == 200
+        assert 'linewatch_drift_active{line="tiles"} 1' in text
+        assert 'linewatch_drift_alerts_total{line="tiles"} 1' in text
         with pytest.raises(urllib.error.HTTPError) as raised:
-            urllib.request.urlopen(probes.url + "/readyz", timeout=5)
+            urllib.request.urlopen(url + "/readyz", timeout=5)
         assert raised.value.code == 503
-    finally:
-        probes.stop()
