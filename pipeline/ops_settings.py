@@ -13,6 +13,8 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from pipeline.drift import DriftConfig, DriftMethod
 from pipeline.settings import _CONFIG, HttpSettings, RedisSettings
@@ -29,10 +31,12 @@ def redis_client(settings: RedisSettings) -> redis.Redis:
     Returns:
         A lazily connecting client.
     """
+    # Two quick retries: a probe or a page request must answer within about a second.
     return redis.Redis.from_url(
         settings.url.get_secret_value(),
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.socket_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
     )
 
 

@@ -78,7 +78,7 @@ def main() -> None:
     )
     print(f"device: {detector.device} ({device_name}), torch threads {torch.get_num_threads()}")
     print(f"backbone {config.backbone}, image size {args.image_size}, {len(images)} real images")
-    print("| batch size | frames/s | lagThreshold (x {:g} s drain) |".format(args.drain_seconds))
+    print(f"| batch size | frames/s | lagThreshold (x {args.drain_seconds:g} s drain) |")
     print("|---:|---:|---:|")
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         fps = measure(detector, images, batch_size, args.seconds)
