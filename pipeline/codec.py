@@ -26,8 +26,9 @@ class ImageLimits:
     max_payload_bytes: int = 8 * 1024 * 1024
 
 
-def encode_image(image: np.ndarray, encoding: Encoding = Encoding.JPEG,
-                 jpeg_quality: int = 90) -> bytes:
+def encode_image(
+    image: np.ndarray, encoding: Encoding = Encoding.JPEG, jpeg_quality: int = 90
+) -> bytes:
     """Encode an RGB image into payload bytes.
 
     Args:
@@ -47,8 +48,9 @@ def encode_image(image: np.ndarray, encoding: Encoding = Encoding.JPEG,
         return np.ascontiguousarray(image).tobytes()
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"JPEG quality {jpeg_quality} is not in 1..100")
-    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                              [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    ok, buffer = cv2.imencode(
+        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+    )
     if not ok:
         raise ValueError("OpenCV could not encode the image as JPEG")
     return buffer.tobytes()
@@ -70,24 +72,31 @@ def decode_frame(frame: FrameMessage, limits: ImageLimits) -> np.ndarray:
     """
     check_size(frame.width, frame.height, limits)
     if len(frame.payload) > limits.max_payload_bytes:
-        raise FrameError(f"payload of {len(frame.payload)} bytes exceeds "
-                         f"{limits.max_payload_bytes}", reason="message_too_large")
+        raise FrameError(
+            f"payload of {len(frame.payload)} bytes exceeds {limits.max_payload_bytes}",
+            reason="message_too_large",
+        )
     if not frame.payload:
         raise DecodeError("payload is empty", reason="empty_payload")
     if frame.encoding is Encoding.RAW:
         expected = frame.width * frame.height * 3
         if len(frame.payload) != expected:
-            raise DecodeError(f"raw payload has {len(frame.payload)} bytes, expected "
-                              f"{expected} for {frame.width}x{frame.height}x3",
-                              reason="size_mismatch")
+            raise DecodeError(
+                f"raw payload has {len(frame.payload)} bytes, expected "
+                f"{expected} for {frame.width}x{frame.height}x3",
+                reason="size_mismatch",
+            )
         return np.frombuffer(frame.payload, np.uint8).reshape(frame.height, frame.width, 3)
     buffer = np.frombuffer(frame.payload, np.uint8)
     bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if bgr is None:
         raise DecodeError("payload is not a decodable JPEG")
     if bgr.shape[:2] != (frame.height, frame.width):
-        raise DecodeError(f"decoded image is {bgr.shape[1]}x{bgr.shape[0]}, headers say "
-                          f"{frame.width}x{frame.height}", reason="size_mismatch")
+        raise DecodeError(
+            f"decoded image is {bgr.shape[1]}x{bgr.shape[0]}, headers say "
+            f"{frame.width}x{frame.height}",
+            reason="size_mismatch",
+        )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -98,11 +107,13 @@ def check_size(width: int, height: int, limits: ImageLimits) -> None:
         FrameError: ``image_too_small`` or ``image_too_large``.
     """
     if min(width, height) < limits.min_side:
-        raise FrameError(f"image {width}x{height} is smaller than {limits.min_side} px",
-                         reason="image_too_small")
+        raise FrameError(
+            f"image {width}x{height} is smaller than {limits.min_side} px", reason="image_too_small"
+        )
     if max(width, height) > limits.max_side:
-        raise FrameError(f"image {width}x{height} is larger than {limits.max_side} px",
-                         reason="image_too_large")
+        raise FrameError(
+            f"image {width}x{height} is larger than {limits.max_side} px", reason="image_too_large"
+        )
 
 
 def encode_png(heatmap: np.ndarray, compression: int = 1) -> bytes:

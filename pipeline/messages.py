@@ -121,7 +121,9 @@ class FrameMessage:
 
     @classmethod
     def from_record(
-        cls, key: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
+        cls,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None,
         value: bytes | None,
     ) -> FrameMessage:
         """Parse a Kafka record into a frame message.
@@ -152,8 +154,15 @@ class FrameMessage:
                 f"{FRAME_SCHEMA_VERSION})",
                 reason="unknown_schema_version",
             )
-        required = (HEADER_CAMERA, HEADER_LINE, HEADER_FRAME_ID, HEADER_CAPTURE_TS,
-                    HEADER_ENCODING, HEADER_WIDTH, HEADER_HEIGHT)
+        required = (
+            HEADER_CAMERA,
+            HEADER_LINE,
+            HEADER_FRAME_ID,
+            HEADER_CAPTURE_TS,
+            HEADER_ENCODING,
+            HEADER_WIDTH,
+            HEADER_HEIGHT,
+        )
         missing = [name for name in required if name not in fields]
         if missing:
             raise SchemaError(f"headers {missing} are missing", reason="missing_headers")
@@ -168,9 +177,15 @@ class FrameMessage:
         except ValueError as error:
             raise SchemaError(f"numeric header is malformed: {error}") from None
         message = cls(
-            camera_id=fields[HEADER_CAMERA], product_line=fields[HEADER_LINE],
-            frame_id=fields[HEADER_FRAME_ID], capture_ts=capture_ts, encoding=encoding,
-            width=width, height=height, payload=value or b"", schema_version=version,
+            camera_id=fields[HEADER_CAMERA],
+            product_line=fields[HEADER_LINE],
+            frame_id=fields[HEADER_FRAME_ID],
+            capture_ts=capture_ts,
+            encoding=encoding,
+            width=width,
+            height=height,
+            payload=value or b"",
+            schema_version=version,
         )
         if key is not None and key != message.key:
             raise SchemaError(

@@ -108,8 +108,9 @@ class Histogram(_Metric):
 
     kind = "histogram"
 
-    def __init__(self, name: str, help_text: str, buckets: Sequence[float],
-                 labels: Sequence[str] = ()) -> None:
+    def __init__(
+        self, name: str, help_text: str, buckets: Sequence[float], labels: Sequence[str] = ()
+    ) -> None:
         super().__init__(name, help_text, labels)
         self.bounds = tuple(sorted(buckets))
         self._series: dict[LabelValues, tuple[list[int], list[float]]] = {}
@@ -162,8 +163,9 @@ class MetricsRegistry:
         """Register a gauge."""
         return self._add(Gauge(name, help_text, labels))  # type: ignore[return-value]
 
-    def histogram(self, name: str, help_text: str, buckets: Sequence[float],
-                  labels: Sequence[str] = ()) -> Histogram:
+    def histogram(
+        self, name: str, help_text: str, buckets: Sequence[float], labels: Sequence[str] = ()
+    ) -> Histogram:
         """Register a histogram."""
         return self._add(Histogram(name, help_text, buckets, labels))  # type: ignore[return-value]
 
@@ -186,8 +188,14 @@ class HealthServer:
         port: Port; 0 picks a free one (see :attr:`port` after :meth:`start`).
     """
 
-    def __init__(self, registry: MetricsRegistry, is_alive: Callable[[], bool],
-                 is_ready: Callable[[], bool], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        registry: MetricsRegistry,
+        is_alive: Callable[[], bool],
+        is_ready: Callable[[], bool],
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self._registry = registry
         self._is_alive = is_alive
         self._is_ready = is_ready
@@ -232,8 +240,9 @@ class HealthServer:
 
         self._server = ThreadingHTTPServer(self._address, Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="health-http")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, daemon=True, name="health-http"
+        )
         self._thread.start()
         logger.info("health/metrics endpoint on http://%s:%d", self._address[0], self.port)
         return self

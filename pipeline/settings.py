@@ -20,8 +20,11 @@ from pipeline.codec import ImageLimits
 from pipeline.messages import Encoding
 
 _CONFIG = SettingsConfigDict(
-    env_prefix="LINEWATCH_", env_nested_delimiter="__", env_file=".env",
-    env_file_encoding="utf-8", extra="ignore",
+    env_prefix="LINEWATCH_",
+    env_nested_delimiter="__",
+    env_file=".env",
+    env_file_encoding="utf-8",
+    extra="ignore",
 )
 
 
@@ -49,12 +52,10 @@ class KafkaSettings(BaseModel):
     @model_validator(mode="after")
     def _check_sasl(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL") and (
-            self.sasl_mechanism is None or self.sasl_username is None
-            or self.sasl_password is None
+            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
         ):
             raise ValueError(
-                "security_protocol SASL_* needs sasl_mechanism, sasl_username and "
-                "sasl_password"
+                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
             )
         return self
 
@@ -71,7 +72,8 @@ class KafkaSettings(BaseModel):
             kwargs["sasl_mechanism"] = self.sasl_mechanism
             kwargs["sasl_plain_username"] = self.sasl_username
             kwargs["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None)
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
         if self.security_protocol in ("SSL", "SASL_SSL"):
             kwargs["ssl_check_hostname"] = self.ssl_check_hostname
             for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):

@@ -1,0 +1,32 @@
+# linewatch trainer job: refits one product line's model and rolls it out to the model
+# store. Run with `--line <line>` (compose: `docker compose run trainer --line tiles`;
+# Kubernetes: one CronJob per line). CUDA base: fitting is much faster on a GPU, and the
+# same image runs on the CPU when no GPU is given.
+#   docker build -f deploy/docker/trainer.Dockerfile -t linewatch/trainer:0.1.0 .
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+
+RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu128
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY model ./model
+COPY pipeline ./pipeline
+COPY workers ./workers
+RUN pip install . && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin linewatch
+
+USER 10001
+ENTRYPOINT ["python", "-m", "workers.trainer"]
+CMD ["--help"]

@@ -1,0 +1,29 @@
+# linewatch CPU image: inference worker by default; also runs the dashboard and the drift
+# monitor (`command: ["workers.dashboard"]`). Build from the repository root:
+#   docker build -f deploy/docker/worker-cpu.Dockerfile -t linewatch/worker-cpu:0.1.0 .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# CPU build of torch first, so `pip install .` does not pull the CUDA build from PyPI.
+RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY model ./model
+COPY pipeline ./pipeline
+COPY workers ./workers
+RUN pip install . && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin linewatch
+
+USER 10001
+# Probes must reach the endpoint from outside the container's loopback.
+ENV LINEWATCH_HTTP__HOST=0.0.0.0 \
+    LINEWATCH_HTTP__PORT=9100
+EXPOSE 9100
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=2)"]
+ENTRYPOINT ["python", "-m"]
+CMD ["workers.inference"]

@@ -1,0 +1,110 @@
+"""End to end with the real model: brighter or blurred real tiles raise a drift alert.
+
+Fits a small SimpleNet on MTD good tiles, stores the artifact in a model store, scores
+unseen good tiles as they are, brightened and blurred, streams the results through Redis
+and lets the drift monitor compare them with the artifact's calibration scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import redis
+
+from pipeline.drift import DriftConfig
+from pipeline.messages import ResultMessage, Timings
+from pipeline.observability import MetricsRegistry
+from workers.drift_monitor import DriftMonitor, ModelStoreReference
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MTD = Path("/work/shared/data/mtd")
+LINE = "tiles"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory):
+    trainer = pytest.importorskip("model.trainer", reason="model package not in this checkout")
+    artifact = pytest.importorskip("model.artifact", reason="model package not in this checkout")
+    data = pytest.importorskip("model.data", reason="model package not in this checkout")
+    if not (MTD / "train" / "good").is_dir():
+        pytest.skip(f"{MTD} absent: the MTD development split is needed")
+    paths = data.list_images(MTD / "train" / "good")
+    fit_images = data.read_images(paths[:120])
+    unseen = data.read_images(paths[120:200])
+    config = trainer.FitConfig(image_size=128, epochs=3, holdout_fraction=0.4, seed=0)
+    detector = trainer.fit_detector(fit_images, config=config, product_line=LINE)
+    store = tmp_path_factory.mktemp("store")
+    version = detector.metadata.version
+    path = store / LINE / "versions" / f"{version}.safetensors"
+    path.parent.mkdir(parents=True)
+    artifact.save_artifact(detector, path)
+    (store / LINE / "current").write_text(version)
+    return detector, store, version, unseen
+
+
+def _publish(client: redis.Redis, prefix: str, scores: np.ndarray, version: str, start: int):
+    for i, score in enumerate(scores):
+        result = ResultMessage(
+            frame_id=f"f{start + i:06d}",
+            camera_id="cam-1",
+            product_line=LINE,
+            capture_ts=1_700_000_000.0 + start + i,
+            image_score=float(score),
+            normalized_score=float(score),
+            label=bool(score >= 0.5),
+            model_version=version,
+            timings=Timings(queue_ms=1.0, decode_ms=1.0, infer_ms=5.0, batch_size=8),
+        )
+        client.xadd(f"{prefix}:results:{LINE}", {"result": result.to_json()})
+
+
+def _drain(monitor: DriftMonitor) -> None:
+    while monitor.poll_once() > 0:
+        pass
+
+
+def _events(client: redis.Redis, prefix: str) -> list[str]:
+    return [f[b"event"].decode() for _, f in client.xrange(f"{prefix}:drift:{LINE}")]
+
+
+@pytest.mark.parametrize("shift", ["brighter", "blurred"])
+def test_shifted_real_frames_raise_drift_normal_ones_do_not(
+    fitted, shift: str, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    detector, store, version, unseen = fitted
+    if shift == "brighter":
+        shifted_images = [cv2.convertScaleAbs(im, alpha=1.0, beta=80) for im in unseen]
+    else:
+        shifted_images = [cv2.GaussianBlur(im, (0, 0), 3) for im in unseen]
+    normal = detector.predict(unseen).normalized_scores
+    shifted = detector.predict(shifted_images).normalized_scores
+
+    config = DriftConfig(
+        window=80, min_samples=60, raise_above=0.3, clear_below=0.15, evaluate_every=10
+    )
+    monitor = DriftMonitor(
+        redis_client,
+        key_prefix,
+        ModelStoreReference(store),
+        config,
+        MetricsRegistry(),
+        group="drift-e2e",
+        lines=[LINE],
+        block_ms=50,
+    )
+    _publish(redis_client, key_prefix, normal, version, 0)
+    _drain(monitor)
+    assert monitor.detector(LINE).sample_count == len(normal)
+    assert _events(redis_client, key_prefix) == [], "unseen good tiles must not drift"
+    assert monitor.metrics.active.value(line=LINE) == 0.0
+
+    _publish(redis_client, key_prefix, shifted, version, len(normal))
+    _drain(monitor)
+    assert _events(redis_client, key_prefix) == ["drift_started"]
+    assert monitor.metrics.active.value(line=LINE) == 1.0
+    evaluation = monitor.detector(LINE).last_evaluation
+    assert evaluation.window_mean > evaluation.reference_mean
