@@ -22,6 +22,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
     AuthorizationError,
     CommitFailedError,
+    IllegalStateError,
     KafkaError,
     SaslAuthenticationFailedError,
     TopicAlreadyExistsError,
@@ -67,6 +68,45 @@ class ConsumedRecord:
     value: bytes | None
     headers: Headers
     received_monotonic: float
+
+
+def require_topics(kafka: KafkaSettings, topics: Iterable[str],
+                   timeout_s: float | None = None) -> None:
+    """Check that topics exist (clients never create topics: auto-creation is off).
+
+    Args:
+        kafka: Connection settings.
+        topics: Topic names that must exist.
+        timeout_s: How long to wait for the broker (default: the request timeout).
+
+    Raises:
+        ConfigurationError: A topic is missing, or the broker refused our credentials.
+            Retrying cannot fix either: the process exits with this message.
+        TransportUnavailableError: The broker cannot be reached right now.
+    """
+    wanted = set(topics)
+    timeout_ms = int((timeout_s or kafka.request_timeout_ms / 1000.0) * 1000)
+    try:
+        admin = KafkaAdminClient(**kafka.client_kwargs(), bootstrap_timeout_ms=timeout_ms)
+    except PERMANENT_ERRORS as error:
+        raise ConfigurationError(f"Kafka refused our credentials: {error}") from error
+    except KafkaError as error:
+        raise TransportUnavailableError(
+            f"Kafka at {kafka.bootstrap_servers} cannot be reached: {error}") from error
+    try:
+        existing = set(admin.list_topics())
+    except PERMANENT_ERRORS as error:
+        raise ConfigurationError(f"Kafka refused to list topics: {error}") from error
+    except KafkaError as error:
+        raise TransportUnavailableError(f"Kafka metadata request failed: {error}") from error
+    finally:
+        admin.close()
+    missing = sorted(wanted - existing)
+    if missing:
+        raise ConfigurationError(
+            f"Kafka topic(s) {', '.join(missing)} do not exist on {kafka.bootstrap_servers} "
+            "and linewatch never creates topics implicitly (auto-creation off); create them "
+            "first (deploy: the topics init job; locally: python -m pipeline.local_stack up)")
 
 
 def ensure_topics(kafka: KafkaSettings, partitions: Mapping[str, int]) -> None:
@@ -116,24 +156,33 @@ class _RebalanceLogger(ConsumerRebalanceListener):
 class KafkaFrameSource:
     """Consumer-group member reading frame records; offsets committed explicitly.
 
+    On first use it checks that ``required_topics`` exist: a missing topic is a permanent
+    fault (:class:`ConfigurationError`); an unreachable broker is transient (``poll``
+    returns nothing and tries again after a backoff).
+
     Args:
         kafka: Connection settings.
         topic: Topic to subscribe to.
         group_id: Consumer group.
+        required_topics: Topics checked at connection time (default: ``topic``).
         consumer_options: Extra kafka-python consumer options (timeouts, fetch waits).
     """
 
     def __init__(self, kafka: KafkaSettings, topic: str, group_id: str,
+                 required_topics: Sequence[str] | None = None,
                  **consumer_options: Any) -> None:
         self._kafka = kafka
         self._topic = topic
         self._group_id = group_id
-        self._options = consumer_options
+        self._required = list(required_topics) if required_topics is not None else [topic]
+        self._options = {"allow_auto_create_topics": False, **consumer_options}
         self._consumer: KafkaConsumer | None = None
         self._paused = False
+        self._connect_backoff_s = 0.5
 
     def _connection(self) -> KafkaConsumer:
         if self._consumer is None:
+            require_topics(self._kafka, self._required)
             try:
                 consumer = KafkaConsumer(
                     group_id=self._group_id, enable_auto_commit=False,
@@ -150,9 +199,21 @@ class KafkaFrameSource:
     def poll(self, timeout_ms: float, max_records: int) -> list[ConsumedRecord]:
         """Fetch up to ``max_records`` records, waiting at most ``timeout_ms``.
 
-        While paused, this keeps the group membership alive and returns nothing.
+        While paused, this keeps the group membership alive and returns nothing. While
+        the broker cannot be reached at connection time, this waits a backoff and returns
+        nothing (the caller simply polls again).
+
+        Raises:
+            ConfigurationError: Permanent fault (missing topic, refused credentials).
         """
-        consumer = self._connection()
+        try:
+            consumer = self._connection()
+        except TransportUnavailableError as error:
+            logger.warning("%s; retrying in %.1fs", error, self._connect_backoff_s)
+            time.sleep(self._connect_backoff_s)
+            self._connect_backoff_s = min(10.0, self._connect_backoff_s * 2)
+            return []
+        self._connect_backoff_s = 0.5
         try:
             batches = consumer.poll(timeout_ms=max(0, int(timeout_ms)), max_records=max_records)
         except PERMANENT_ERRORS as error:
@@ -175,7 +236,9 @@ class KafkaFrameSource:
         Returns:
             True when everything asked for was committed.
         """
-        consumer = self._connection()
+        if self._consumer is None:
+            return False
+        consumer = self._consumer
         assigned = consumer.assignment()
         offsets = {
             TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
@@ -185,17 +248,23 @@ class KafkaFrameSource:
         if not offsets:
             return not next_offsets
         try:
-            consumer.commit(offsets)
+            consumer.commit(offsets, timeout_ms=self._kafka.request_timeout_ms)
         except CommitFailedError as error:
             logger.warning("commit failed after a rebalance (results are stored; the new "
                            "owner will replay idempotently): %s", error)
+            return False
+        except PERMANENT_ERRORS as error:
+            raise ConfigurationError(f"Kafka refused the commit: {error}") from error
+        except (KafkaError, IllegalStateError) as error:
+            logger.warning("commit failed (%s); the frames are stored and a later commit or "
+                           "an idempotent replay covers them", error)
             return False
         return len(offsets) == len(next_offsets)
 
     def pause(self) -> None:
         """Stop fetching from every assigned partition (membership stays alive)."""
-        consumer = self._connection()
-        if not self._paused:
+        consumer = self._consumer
+        if consumer is not None and not self._paused:
             consumer.pause(*consumer.assignment())
             self._paused = True
 
@@ -204,6 +273,29 @@ class KafkaFrameSource:
         if self._consumer is not None and self._paused:
             self._consumer.resume(*self._consumer.paused())
             self._paused = False
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records behind the end of each assigned partition, as far as known locally.
+
+        Lag is the partition's high watermark (from the last fetch response) minus this
+        member's fetch position; no request is sent. Partitions without a fetch yet are
+        left out.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lags: dict[tuple[str, int], int] = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = consumer.position(tp, timeout_ms=0)
+            except (KafkaError, IllegalStateError):
+                continue
+            if position is not None:
+                lags[(tp.topic, tp.partition)] = max(0, highwater - position)
+        return lags
 
     def assignment(self) -> set[tuple[str, int]]:
         """Partitions currently assigned."""
@@ -228,6 +320,14 @@ class KafkaFrameSource:
 class KafkaRecordSink:
     """Plain producer: send records, flush. Thread-safe (kafka-python's producer is).
 
+    Defaults keep frames safe on a replicated Apache Kafka: ``acks="all"``, retries until
+    ``delivery_timeout_ms``, idempotence on (settings), and never creating topics. After a
+    failed :meth:`send_all` the producer is rebuilt on next use (:meth:`reset`): a broker
+    that restarted without its log (tansu) no longer knows the idempotent producer id and
+    answers ``UnknownProducerIdError``/``OutOfOrderSequenceNumberError`` forever, and a
+    fresh producer gets a fresh id. The caller resends what failed (duplicates are
+    harmless: the worker's writes are idempotent).
+
     Args:
         kafka: Connection settings.
         producer_options: Extra kafka-python producer options.
@@ -236,9 +336,16 @@ class KafkaRecordSink:
     def __init__(self, kafka: KafkaSettings, **producer_options: Any) -> None:
         self._kafka = kafka
         self._options = {"acks": "all", "enable_idempotence": kafka.enable_idempotence,
-                         "linger_ms": 5, **producer_options}
+                         "linger_ms": 5, "allow_auto_create_topics": False,
+                         "max_block_ms": kafka.request_timeout_ms, **producer_options}
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
+        self.resets = 0
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The kafka-python producer options in use (no connection settings, no secrets)."""
+        return dict(self._options)
 
     def _connection(self) -> KafkaProducer:
         with self._lock:
@@ -272,7 +379,20 @@ class KafkaRecordSink:
         except PERMANENT_ERRORS as error:
             raise ConfigurationError(f"Kafka refused the write: {error}") from error
         except KafkaError as error:
+            self.reset()
             raise TransportUnavailableError(f"Kafka write failed: {error}") from error
+
+    def reset(self) -> None:
+        """Drop the producer (unsent records with it); the next send builds a fresh one."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            self.resets += 1
+            logger.info("discarding the Kafka producer; the next send uses a fresh one")
+            try:
+                producer.close(timeout=0)
+            except KafkaError:
+                logger.debug("closing a failed producer raised", exc_info=True)
 
     def flush(self, timeout_s: float) -> None:
         """Wait for queued records.
@@ -482,10 +602,14 @@ class BufferedFrameSink:
 
 
 class KafkaDeadLetterSink:
-    """Sends unprocessable records to the dead-letter topic.
+    """Sends unprocessable records to the dead-letter topic, never losing one.
 
     Each dead letter keeps the original key, bytes and headers, and adds the reason, a
-    detail and the origin (topic/partition/offset).
+    detail and the origin (topic/partition/offset). A letter stays pending until the
+    broker acknowledged it: :meth:`flush` waits for every pending letter and sends again
+    the ones that failed (through a fresh producer), raising
+    :class:`TransportUnavailableError` until all are acknowledged, so the worker commits
+    a batch's offsets only after its dead letters are safe.
 
     Args:
         sink: Record sink.
@@ -497,15 +621,51 @@ class KafkaDeadLetterSink:
         self._sink = sink
         self._topic = topic
         self._worker_id = worker_id
+        self._pending: list[tuple[bytes | None, bytes | None, Headers, Any]] = []
+        self._lock = threading.Lock()
+
+    def _send(self, key: bytes | None, value: bytes | None, headers: Headers) -> Any:
+        try:
+            return self._sink.send(self._topic, key, value, headers)
+        except PERMANENT_ERRORS as error:
+            raise ConfigurationError(f"Kafka refused the dead letter: {error}") from error
+        except (KafkaError, TransportUnavailableError) as error:
+            logger.warning("dead letter not sent yet (%s); flush retries it", error)
+            return None
 
     def dead_letter(self, record: ConsumedRecord, reason: str, detail: str) -> None:
-        """Queue one dead letter (acknowledged by :meth:`flush`)."""
-        try:
-            self._sink.send(self._topic, record.key, record.value,
-                            dead_letter_headers(record, reason, detail, self._worker_id))
-        except KafkaError as error:
-            raise TransportUnavailableError(f"dead-letter send failed: {error}") from error
+        """Queue one dead letter (acknowledged by :meth:`flush`); never blocks for long."""
+        headers = dead_letter_headers(record, reason, detail, self._worker_id)
+        future = self._send(record.key, record.value, headers)
+        with self._lock:
+            self._pending.append((record.key, record.value, headers, future))
 
     def flush(self, timeout_s: float) -> None:
-        """Wait for queued dead letters."""
-        self._sink.flush(timeout_s)
+        """Wait until every pending dead letter is acknowledged.
+
+        Raises:
+            TransportUnavailableError: Some were not; they are sent again and stay
+                pending for the next call.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, []
+        deadline = time.monotonic() + timeout_s
+        failed: list[tuple[bytes | None, bytes | None, Headers]] = []
+        for key, value, headers, future in pending:
+            if future is None:
+                failed.append((key, value, headers))
+                continue
+            try:
+                future.get(timeout=max(0.01, deadline - time.monotonic()))
+            except PERMANENT_ERRORS as error:
+                raise ConfigurationError(f"Kafka refused the dead letter: {error}") from error
+            except KafkaError:
+                failed.append((key, value, headers))
+        if not failed:
+            return
+        self._sink.reset()
+        retried = [(key, value, headers, self._send(key, value, headers))
+                   for key, value, headers in failed]
+        with self._lock:
+            self._pending = retried + self._pending
+        raise TransportUnavailableError(f"{len(failed)} dead letter(s) not acknowledged yet")

@@ -24,14 +24,24 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import redis
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoPermissionError,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline.errors import TransportUnavailableError
+from pipeline.errors import ConfigurationError, TransportUnavailableError
 from pipeline.messages import ResultMessage, validate_id
 
 logger = logging.getLogger(__name__)
+
+#: Redis errors that retrying cannot fix (wrong password, missing ACL permission).
+PERMANENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError,
+)
 
 _STORE_SCRIPT = """
 local existed = redis.call('EXISTS', KEYS[1])
@@ -148,10 +158,18 @@ class RedisResultSink:
         return self._client
 
     def ping(self) -> bool:
-        """True when Redis answers."""
+        """True when Redis answers; False when it cannot be reached right now.
+
+        Raises:
+            ConfigurationError: Redis refused our credentials (permanent).
+        """
         try:
             return bool(self._connection().ping())
+        except PERMANENT_REDIS_ERRORS as error:
+            self._reset()
+            raise ConfigurationError(f"Redis refused our credentials: {error}") from error
         except (RedisConnectionError, RedisTimeoutError, OSError):
+            self._reset()
             return False
 
     def store(self, items: Sequence[StoredResult]) -> list[bool]:
@@ -166,6 +184,7 @@ class RedisResultSink:
         Raises:
             TransportUnavailableError: Redis cannot be reached; nothing can be assumed
                 stored, the caller retries the whole batch (safe: writes are idempotent).
+            ConfigurationError: Redis refused our credentials or permissions (permanent).
         """
         if not items:
             return []
@@ -188,6 +207,9 @@ class RedisResultSink:
             self._script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
         try:
             existed = pipe.execute()
+        except PERMANENT_REDIS_ERRORS as error:
+            self._reset()
+            raise ConfigurationError(f"Redis refused the write: {error}") from error
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             self._reset()
             raise TransportUnavailableError(f"Redis unavailable: {error}") from error

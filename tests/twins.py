@@ -80,6 +80,9 @@ class TwinSource:
         self.paused = True
         self.pause_count += 1
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {("frames", 0): len(self.records)}
+
     def resume(self) -> None:
         self.paused = False
 

@@ -79,6 +79,10 @@ class FrameSource(Protocol):
         """Fetch again."""
         ...
 
+    def lag(self) -> Mapping[tuple[str, int], int]:
+        """Records behind the end of each assigned (topic, partition)."""
+        ...
+
 
 class ResultSink(Protocol):
     """Where results go (Redis in production)."""
@@ -135,6 +139,9 @@ class WorkerMetrics:
         self.paused = r.gauge("linewatch_worker_paused",
                               "1 while consumption is paused (Redis down).")
         self.commits = r.counter("linewatch_worker_commits_total", "Offset commits.")
+        self.consumer_lag = r.gauge("linewatch_worker_consumer_lag",
+                                    "Records behind the partition end (high watermark minus "
+                                    "fetch position).", ["topic", "partition"])
 
 
 @dataclass(slots=True)
@@ -239,6 +246,8 @@ class InferenceWorker:
             for record in records:
                 self._batcher.add(record, record.received_monotonic)
             self.metrics.frames_in.inc(len(records))
+            for (topic, partition), lag in self._source.lag().items():
+                self.metrics.consumer_lag.set(lag, topic=topic, partition=str(partition))
         if self._batcher.ready(time.monotonic()):
             self._run_batch(self._batcher.take())
 
@@ -463,6 +472,7 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
                                                                   version=version))
     source = stack.enter_context(KafkaFrameSource(
         kafka, kafka.frames_topic, settings.group_id,
+        required_topics=[kafka.frames_topic, kafka.dead_letter_topic],
         max_poll_interval_ms=settings.max_poll_interval_ms,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
@@ -476,6 +486,8 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
         ttl_s=settings.redis.result_ttl_s, stream_maxlen=settings.redis.stream_maxlen,
         alert_stream_maxlen=settings.redis.alert_stream_maxlen,
         socket_timeout_s=settings.redis.socket_timeout_s))
+    if not sink.ping():  # refused credentials raise ConfigurationError: exit at once
+        logger.warning("Redis does not answer yet; results wait until it does")
     return InferenceWorker(
         source, sink, KafkaDeadLetterSink(dead_letter_producer, kafka.dead_letter_topic,
                                           settings.worker_id),
