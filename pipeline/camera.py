@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from pipeline.codec import encode_image
 from pipeline.errors import ConfigurationError, LinewatchError
-from pipeline.kafka_io import BufferedFrameSink, KafkaRecordSink
+from pipeline.kafka_io import BufferedFrameSink, KafkaRecordSink, wait_for_topics
 from pipeline.messages import Encoding, FrameMessage, validate_id
 from pipeline.observability import HealthServer, MetricsRegistry
 from pipeline.settings import ProducerSettings
@@ -278,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.kafka.frames_topic, capacity=settings.buffer_max_frames,
         send_batch=settings.send_batch,
         send_timeout_s=settings.kafka.request_timeout_ms / 1000.0,
-        on_sent=lambda n: metrics.sent.inc(n), on_dropped=lambda n: metrics.dropped.inc(n))
+        on_sent=lambda n: metrics.sent.inc(n), on_dropped=lambda n: metrics.dropped.inc(n),
+        on_buffered=lambda n: metrics.buffered.set(n))
     producer = CameraProducer(
         lambda: open_source(settings.source), sink, camera_id=settings.camera_id,
         product_line=settings.product_line, encoding=settings.encoding,
@@ -291,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = HealthServer(metrics.registry, lambda: sink.fatal_error is None,
                               lambda: sink.connected, settings.http.host,
                               settings.http.port).start()
+    try:  # a missing topic or refused credentials end the process here, clearly
+        if not wait_for_topics(settings.kafka, [settings.kafka.frames_topic], stop):
+            return 0
+    except ConfigurationError as error:
+        print(f"linewatch-producer: {error}", file=sys.stderr)
+        if server is not None:
+            server.stop()
+        return 1
     sink.start()
     try:
         producer.run(stop)

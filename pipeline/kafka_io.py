@@ -109,6 +109,29 @@ def require_topics(kafka: KafkaSettings, topics: Iterable[str],
             "first (deploy: the topics init job; locally: python -m pipeline.local_stack up)")
 
 
+def wait_for_topics(kafka: KafkaSettings, topics: Iterable[str], stop: threading.Event,
+                    backoff_max_s: float = 10.0) -> bool:
+    """Wait until the broker answers, then check that topics exist.
+
+    Returns:
+        True when the topics exist; False when ``stop`` was set first.
+
+    Raises:
+        ConfigurationError: A topic is missing or credentials were refused (permanent).
+    """
+    wanted = list(topics)
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            require_topics(kafka, wanted)
+            return True
+        except TransportUnavailableError as error:
+            logger.warning("%s; retrying in %.1fs", error, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff_max_s, backoff * 2)
+    return False
+
+
 def ensure_topics(kafka: KafkaSettings, partitions: Mapping[str, int]) -> None:
     """Create topics that do not exist yet.
 
@@ -455,13 +478,15 @@ class BufferedFrameSink:
         backoff_max_s: Largest retry delay.
         on_sent: Called with the number of frames acknowledged.
         on_dropped: Called with the number of frames dropped.
+        on_buffered: Called with the number of frames waiting, whenever it changes.
     """
 
     def __init__(self, sink: KafkaRecordSink, topic: str, capacity: int = 1000,
                  send_batch: int = 32, send_timeout_s: float = 10.0,
                  backoff_initial_s: float = 0.2, backoff_max_s: float = 5.0,
                  on_sent: Callable[[int], None] | None = None,
-                 on_dropped: Callable[[int], None] | None = None) -> None:
+                 on_dropped: Callable[[int], None] | None = None,
+                 on_buffered: Callable[[int], None] | None = None) -> None:
         self._sink = sink
         self._topic = topic
         self._capacity = capacity
@@ -471,6 +496,8 @@ class BufferedFrameSink:
         self._backoff_max_s = backoff_max_s
         self._on_sent = on_sent or (lambda n: None)
         self._on_dropped = on_dropped or (lambda n: None)
+        self._on_buffered = on_buffered or (lambda n: None)
+        self.max_buffered = 0
         self._buffer: deque[FrameMessage] = deque()
         self._in_flight = 0
         self._cond = threading.Condition()
@@ -508,9 +535,12 @@ class BufferedFrameSink:
             while len(self._buffer) + self._in_flight > self._capacity and self._buffer:
                 self._buffer.popleft()
                 dropped += 1
+            waiting = len(self._buffer) + self._in_flight
+            self.max_buffered = max(self.max_buffered, waiting)
             self._cond.notify()
         if dropped:
             self._count_dropped(dropped)
+        self._on_buffered(waiting)
 
     def _count_dropped(self, count: int) -> None:
         self.dropped += count
@@ -574,6 +604,7 @@ class BufferedFrameSink:
             backoff = self._backoff_initial_s
             self.sent += len(batch)
             self._on_sent(len(batch))
+            self._on_buffered(self.buffered)
 
     def close(self, drain_timeout_s: float = 10.0) -> int:
         """Send what is buffered (up to the timeout), stop the thread.

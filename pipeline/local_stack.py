@@ -5,7 +5,9 @@ restart starts it empty and :func:`create_topics` must run again. Redis: the loc
 when one answers at the URL, else an embedded ``redis-server`` on a free port.
 Production runs Apache Kafka; nothing else depends on tansu.
 
-Command line: ``python -m pipeline.local_stack up|down|status [--state FILE]``.
+Command line: ``python -m pipeline.local_stack up|down|status|restart-broker [--state FILE]``.
+``restart-broker`` stops the recorded broker if it still runs, starts a fresh one on the
+same port and recreates the recorded topics (use it after a broker crash or restart).
 """
 
 from __future__ import annotations
@@ -143,22 +145,29 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         """Start the broker (and Redis if needed), create topics."""
-        self.kafka_port = self.kafka_port or free_port()
-        self.broker = start_tansu(self.kafka_port)
+        self.start_broker()
         if not redis_answers(self.redis_url):
             port = free_port()
             self.redis_process = start_redis(port, Path(tempfile.gettempdir()))
             self.redis_url = f"redis://127.0.0.1:{port}/0"
             logger.info("no Redis answered; started an embedded one at %s", self.redis_url)
-        create_topics(self.bootstrap, self.topics)
         logger.info("local stack up: kafka %s, redis %s", self.bootstrap, self.redis_url)
         return self
+
+    def start_broker(self) -> None:
+        """Start tansu (same port as before, if any) and create the topics.
+
+        tansu keeps its log in memory only: a started broker is always empty, so the
+        topics are (re)created every time.
+        """
+        self.kafka_port = self.kafka_port or free_port()
+        self.broker = start_tansu(self.kafka_port)
+        create_topics(self.bootstrap, self.topics)
 
     def restart_broker(self) -> None:
         """Restart tansu on the same port (memory storage: topics are recreated)."""
         self.stop_broker()
-        self.broker = start_tansu(self.kafka_port)
-        create_topics(self.bootstrap, self.topics)
+        self.start_broker()
 
     def stop_broker(self) -> None:
         """Stop the broker."""
@@ -198,10 +207,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _restart_recorded_broker(path: Path, state: dict, partitions: int) -> int:
+    """Restart the recorded broker on its port, recreate its topics, update the record."""
+    pid = state.get("broker_pid")
+    if pid and _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    port = int(state["bootstrap"].rsplit(":", 1)[1])
+    topics = state.get("topics") or {"linewatch.frames": partitions, "linewatch.frames.dlq": 1}
+    stack = LocalStack(port, state["redis_url"], topics)
+    stack.start_broker()
+    state = {**state, "broker_pid": stack.broker.pid if stack.broker else None,
+             "topics": dict(topics)}
+    path.write_text(json.dumps(state))
+    print(json.dumps(state))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``up`` starts the stack in the background and records it; ``down`` stops it."""
     parser = argparse.ArgumentParser(description="Local tansu + Redis stack.")
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "restart-broker"])
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE)
     parser.add_argument("--kafka-port", type=int, default=0)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -219,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.start()
         state = {"bootstrap": stack.bootstrap, "redis_url": stack.redis_url,
                  "broker_pid": stack.broker.pid if stack.broker else None,
-                 "redis_pid": stack.redis_process.pid if stack.redis_process else None}
+                 "redis_pid": stack.redis_process.pid if stack.redis_process else None,
+                 "topics": dict(stack.topics)}
         args.state.parent.mkdir(parents=True, exist_ok=True)
         args.state.write_text(json.dumps(state))
         print(json.dumps(state))
@@ -228,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no local stack recorded", file=sys.stderr)
         return 1 if args.command == "status" else 0
     state = json.loads(args.state.read_text())
+    if args.command == "restart-broker":
+        return _restart_recorded_broker(args.state, state, args.partitions)
     if args.command == "status":
         alive = {k: _pid_alive(v) for k, v in state.items() if k.endswith("_pid") and v}
         print(json.dumps({**state, "alive": alive}))
