@@ -92,9 +92,9 @@ def own_redis(tmp_path) -> Iterator[OwnRedis]:
     server.stop()
 
 
-def _stream_ids(url: str, prefix: str, line: str) -> list[str]:
+def _stream_ids(url: str, prefix: str, line: str, camera: str = "cam-a") -> list[str]:
     reader = RedisResultReader(redis.Redis.from_url(url), RedisKeys(prefix))
-    return [r.frame_id for r in reader.results(line)]
+    return [r.frame_id for r in reader.results(line) if r.camera_id == camera]
 
 
 def _stored_at_crash(server: OwnRedis, prefix: str, line: str) -> list[str]:
@@ -203,32 +203,44 @@ def test_broker_restart_producer_buffers_and_worker_rejoins(redis_url, model_sto
         camera_kafka = KafkaSettings(bootstrap_servers=stack.bootstrap,
                                      frames_topic=frames_topic, enable_idempotence=True,
                                      request_timeout_ms=3000)
-        frames = frame_sequence(90, IMAGE_SIZE, defect_every=0, seed=33)
-        thread, sink, sent = _camera_thread(camera_kafka, frames_topic, frames, fps=10,
+        # warm-up frame from another camera: the worker has joined and loaded its model
+        warm, warm_sink, _ = _camera_thread(camera_kafka, frames_topic,
+                                            frame_sequence(1, IMAGE_SIZE, seed=1), fps=10,
+                                            camera="cam-warm")
+        warm.join(30)
+        warm_sink.close(drain_timeout_s=20)
+        assert _wait(lambda: _stream_ids(redis_url, w.prefix, "line-a", "cam-warm"), 60)
+        frames = frame_sequence(100, IMAGE_SIZE, defect_every=0, seed=33)
+        thread, sink, sent = _camera_thread(camera_kafka, frames_topic, frames, fps=8,
                                             send_timeout_s=3.0, backoff_max_s=1.0)
 
         def stored() -> list[str]:
             return _stream_ids(redis_url, w.prefix, "line-a")
 
-        assert _wait(lambda: sink.sent >= 20 and len(stored()) == sink.sent, 60), \
+        assert _wait(lambda: len(sent) >= 16 and len(stored()) >= len(sent) - 1, 60), \
             "the worker caught up before the stop"
         caught_up = len(stored())
-        stack.stop_broker()
-        time.sleep(5.0)
-        captured_during = len(sent) - caught_up
-        buffered_during = sink.buffered
+        stack.stop_broker()  # SIGTERM; tansu may take a few seconds to go
+        captured_at_stop = len(sent)
+        peak_during = 0
+        for _ in range(20):
+            time.sleep(0.25)
+            peak_during = max(peak_during, sink.buffered)
+        captured_during = len(sent) - captured_at_stop
         stack.start_broker()  # tansu starts empty: the stack recreates the topics
         thread.join(60)
         assert sink.close(drain_timeout_s=60) == 0
         assert _wait(lambda: len(stored()) >= len(sent), 120)
         ids = stored()
         print(f"\n[broker restart 5.0s] frames produced {len(sent)}, results stored "
-              f"{len(ids)} (caught up at {caught_up}; captured during the outage "
-              f"{captured_during}, buffered {buffered_during}, peak buffer "
-              f"{sink.max_buffered}, dropped {sink.dropped}, producer rebuilt "
+              f"{len(ids)} (caught up at {caught_up}, {captured_at_stop} captured when the broker "
+              f"was down; captured during the outage "
+              f"{captured_during}, peak buffer {peak_during}, dropped {sink.dropped}, "
+              f"producer rebuilt "
               f"{sink._sink.resets}x)")
         assert sink.dropped == 0
-        assert buffered_during > 0, "frames captured during the outage waited in the buffer"
+        assert peak_during >= 0.8 * captured_during > 0, \
+            "frames captured during the outage waited in the producer's buffer"
         assert ids == [f.frame_id for f in sent], "every frame once, in order"
         assert running.thread.is_alive() and running.worker.fatal_error is None
     finally:
