@@ -186,3 +186,13 @@ class AlertSubscriberSettings(BaseSettings):
     consumer: str = Field(default_factory=_default_worker_id)
     block_ms: int = Field(default=1000, ge=1)
     forward_url: str | None = Field(default=None, description="POST each alert here as JSON.")
+
+
+class DeadLetterSettings(BaseSettings):
+    """Dead-letter tool (``python -m workers.dead_letters list|replay``)."""
+
+    model_config = _CONFIG
+
+    kafka: KafkaSettings
+    read_timeout_ms: int = Field(default=2000, ge=100,
+                                 description="Stop reading after this long without a record.")

@@ -27,6 +27,7 @@ SETTINGS_CLASSES: dict[str, str] = {
     "trainer": "pipeline.settings:TrainerSettings",
     "drift-monitor": "pipeline.ops_settings:DriftSettings",
     "dashboard": "pipeline.ops_settings:DashboardSettings",
+    "dead-letters": "pipeline.settings:DeadLetterSettings",
 }
 
 ROOT_DOC_NOTE = "docs/configuration.md is out of date: run python scripts/gen_config_docs.py"
@@ -39,6 +40,7 @@ PROCESS_MODULES: dict[str, str] = {
     "trainer": "workers.trainer",
     "drift-monitor": "workers.drift_monitor",
     "dashboard": "workers.dashboard",
+    "dead-letters": "workers.dead_letters",
 }
 
 

@@ -291,3 +291,52 @@ def test_permanent_faults_exit_with_a_clear_message(wiring, tmp_path):
             assert "no-such-topic do not exist" in done.stderr
     finally:
         protected.stop()
+
+
+def _dead_letter_cli(wiring: Wiring, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.dead_letters", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT),
+             "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": wiring.bootstrap,
+             "LINEWATCH_KAFKA__FRAMES_TOPIC": wiring.frames_topic,
+             "LINEWATCH_KAFKA__DEAD_LETTER_TOPIC": wiring.dlq_topic},
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_dead_letters_list_and_replay_after_the_model_is_added(wiring, start_worker, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(wiring.store / "line-a", store / "line-a")  # line-b has no model yet
+    w = dataclasses.replace(wiring, store=store)
+    start_worker(w.worker_settings("w-dlq"))
+    kafka = w.kafka()
+    frames = frame_sequence(4, IMAGE_SIZE, defect_every=0, seed=5)
+    for camera, line in (("cam-a", "line-a"), ("cam-b", "line-b")):
+        thread, sink, _ = _camera_thread(kafka, w.frames_topic, frames, fps=50,
+                                         camera=camera, line=line)
+        thread.join(30)
+        assert sink.close(drain_timeout_s=20) == 0
+    assert _wait(lambda: len(_stream_ids(w.redis_url, w.prefix, "line-a")) == 4, 60)
+    listing = ""
+
+    def listed() -> bool:
+        nonlocal listing
+        listing = _dead_letter_cli(w, "list")
+        return "4 dead letter(s)" in listing
+
+    assert _wait(listed, 60, step=1.0), listing
+    rows = listing.strip().splitlines()[:-1]
+    print("\n" + listing.strip())
+    assert all("\tunknown_product_line\t" in r and "camera=cam-b" in r and
+               f"{w.frames_topic}/" in r for r in rows)
+    shutil.copytree(wiring.store / "line-b", store / "line-b")  # the model arrives
+    out = _dead_letter_cli(w, "replay", "--reason", "unknown_product_line")
+    assert out.startswith("replayed 4 dead letter(s)")
+    assert _wait(lambda: len(_stream_ids(w.redis_url, w.prefix, "line-b", "cam-b")) == 4, 60)
+    _dead_letter_cli(w, "replay", "--line", "line-b")  # twice: still one result per frame
+    time.sleep(2.0)
+    ids = _stream_ids(w.redis_url, w.prefix, "line-b", "cam-b")
+    print(f"[dead-letter replay] frames produced 8, results stored "
+          f"{len(ids) + 4} after replaying 4 dead letters twice")
+    assert len(ids) == 4 and len(set(ids)) == 4
