@@ -72,6 +72,22 @@ def load_with_model_package(path: Path, device: str, line: str) -> Detector:
     return load_artifact(path, device=device, expected_product_line=line)
 
 
+def artifact_loader(expected_backbone: str | None = None) -> ModelLoader:
+    """A loader like :func:`load_with_model_package` that also refuses other backbones.
+
+    Args:
+        expected_backbone: Backbone every artifact must be fitted on (None: any).
+    """
+
+    def load(path: Path, device: str, line: str) -> Detector:
+        from model.artifact import load_artifact
+
+        return load_artifact(path, device=device, expected_product_line=line,
+                             expected_backbone=expected_backbone)
+
+    return load
+
+
 def resolve_device(device: str) -> str:
     """Map ``auto`` to ``cuda`` when a GPU is present, else ``cpu``."""
     if device != "auto":

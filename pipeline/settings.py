@@ -143,6 +143,9 @@ class WorkerSettings(BaseSettings):
     group_id: str = "linewatch-workers"
     worker_id: str = Field(default_factory=_default_worker_id)
     model_cache_size: int = Field(default=4, ge=1)
+    expected_backbone: str | None = Field(
+        default=None, description="Refuse model artifacts fitted on another backbone "
+        "(e.g. efficientnet_lite0); the line's previous model keeps serving.")
     model_refresh_s: float = Field(default=5.0, ge=0)
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)

@@ -49,7 +49,7 @@ from pipeline.kafka_io import (
     KafkaRecordSink,
 )
 from pipeline.messages import Encoding, FrameMessage, ResultMessage, Timings
-from pipeline.model_store import Detector, ModelStore, resolve_device
+from pipeline.model_store import Detector, ModelStore, artifact_loader, resolve_device
 from pipeline.observability import HealthServer, MetricsRegistry
 from pipeline.redis_store import RedisKeys, RedisResultSink, StoredResult
 from pipeline.settings import WorkerSettings
@@ -466,7 +466,8 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
     kafka = settings.kafka
     device = resolve_device(settings.device)
     store = ModelStore(
-        settings.model_store, device=device, cache_size=settings.model_cache_size,
+        settings.model_store, loader=artifact_loader(settings.expected_backbone),
+        device=device, cache_size=settings.model_cache_size,
         refresh_s=settings.model_refresh_s,
         on_loaded=lambda line, version: metrics.models_loaded.set(1, line=line,
                                                                   version=version))
