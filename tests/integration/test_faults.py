@@ -233,8 +233,9 @@ def test_broker_restart_producer_buffers_and_worker_rejoins(redis_url, model_sto
         assert _wait(lambda: len(stored()) >= len(sent), 120)
         ids = stored()
         print(f"\n[broker restart 5.0s] frames produced {len(sent)}, results stored "
-              f"{len(ids)} (caught up at {caught_up}, {captured_at_stop} captured when the broker "
-              f"was down; captured during the outage "
+              f"{len(ids)} (caught up at {caught_up}, {captured_at_stop} captured by the time "
+              f"the broker "
+              f"was down; then captured during the 5 s outage "
               f"{captured_during}, peak buffer {peak_during}, dropped {sink.dropped}, "
               f"producer rebuilt "
               f"{sink._sink.resets}x)")
