@@ -18,6 +18,7 @@ event, is the source of truth: an event only says "look now".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -174,10 +175,8 @@ class ModelUpdateListener:
                 self._stop.wait(backoff)
                 backoff = min(self._reconnect_max_s, backoff * 2)
             finally:
-                try:
+                with contextlib.suppress(redis.RedisError):
                     pubsub.close()
-                except redis.RedisError:
-                    pass
 
     def _handle(self, data: bytes | str) -> None:
         try:

@@ -72,7 +72,7 @@ class TrainerSettings(BaseSettings):
     capture_timeout_s: float = Field(default=60.0, gt=0)
     max_images: int = Field(default=1000, ge=4, description="Good frames sampled at most.")
     dedupe_max_diff: float = Field(
-        default=1.0, ge=0,
+        default=0.5, ge=0,
         description="Frames whose 16x16 grey thumbnails differ by less (mean abs, 0-255) "
                     "are duplicates; 0 turns de-duplication off.")
     keep_versions: int = Field(default=5, ge=1, description="Versions kept per line.")

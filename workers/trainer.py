@@ -476,6 +476,7 @@ def summary_table(outcome: TrainingOutcome, bounds: GateSettings, dry_run: bool 
         ("line", outcome.line),
         ("candidate", outcome.candidate or "-"),
         ("current before", outcome.previous or "(none)"),
+        ("good frames from", ", ".join(outcome.sources.get("good", [])) or "-"),
         ("frames", f"{counts.get('good_read', 0) + counts.get('captured', 0)} good read, "
                    f"{counts.get('duplicates', 0)} duplicates, {counts.get('unreadable', 0)} "
                    f"unreadable"),
