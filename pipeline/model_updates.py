@@ -29,6 +29,7 @@ from typing import Protocol
 
 import redis
 
+from pipeline.errors import SchemaError
 from pipeline.messages import validate_id
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class ModelEvent:
             event = cls(line=validate_id(str(data["line"]), "product line"),
                         version=str(data["version"]), event=str(data["event"]),
                         previous=str(data.get("previous", "")), ts=float(data.get("ts", 0)))
-        except (KeyError, TypeError, json.JSONDecodeError) as error:
+        except (KeyError, TypeError, ValueError, SchemaError) as error:
             raise ValueError(f"not a model event: {error}") from None
         if event.event not in EVENTS:
             raise ValueError(f"unknown model event {event.event!r}")

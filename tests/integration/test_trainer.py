@@ -9,6 +9,7 @@ version again.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
 import threading
@@ -232,7 +233,7 @@ def test_promotion_mid_stream_switches_each_worker_once_and_bad_candidate_is_ref
     for worker_id in {r.worker_id for r in results}:
         sequence = [r.model_version for r in results if r.worker_id == worker_id]
         versions_seen |= set(sequence)
-        switches = sum(a != b for a, b in zip(sequence, sequence[1:], strict=False))
+        switches = sum(a != b for a, b in itertools.pairwise(sequence))
         assert switches <= 1, f"{worker_id} switched {switches} times"
         assert set(sequence) <= {old_version, new_version}
         assert sequence[-1] == new_version, worker_id
