@@ -254,11 +254,15 @@ def collect_data(settings: TrainerSettings, options: RunOptions,
         counts.update(captured=stats.matched, capture_skipped=stats.skipped,
                       capture_records=stats.records)
     unique, duplicates = deduplicate(pool, settings.dedupe_max_diff)
-    train_pool, gate_good = split_for_gate(unique, settings.gate.gate_fraction,
-                                           trained_digests(settings.model_store, line,
-                                                           current_version))
+    seen_by_current = set(trained_digests(settings.model_store, line, current_version))
+    train_pool, gate_good = split_for_gate(unique, settings.gate.gate_fraction, seen_by_current)
     gate_folders = options.gate_good or _default_folder(settings, line, "gate-good")
     extra_gate, bad = load_folders(gate_folders, progress=options.progress, what="gate frames")
+    # neither model may have seen a gate frame
+    extra_gate = [item for item in extra_gate if item.digest not in seen_by_current]
+    gate_only = {item.digest for item in extra_gate}
+    train_pool = [item for item in train_pool if item.digest not in gate_only]
+    gate_good = [item for item in gate_good if item.digest not in gate_only]
     defect_folders = options.defects or _default_folder(settings, line, "defects")
     defects, bad_defects = load_folders(defect_folders, recursive=True,
                                         progress=options.progress, what="defective frames")

@@ -102,8 +102,16 @@ def _settings(tmp_path, **values) -> TrainerSettings:
 
 def test_dry_run_fits_on_training_frames_only_and_gates(tmp_path):
     good = _frames(40, seed=4)
-    _write(tmp_path / "data" / "a" / "good", [*good, good[0]])  # one duplicate
-    _write(tmp_path / "data" / "a" / "gate-good", _frames(6, seed=5))
+    gate_only = _frames(6, seed=5)
+    # one duplicate, and a gate-only frame that must not be trained on
+    _write(tmp_path / "data" / "a" / "good", [*good, good[0], gate_only[0]])
+    _write(tmp_path / "data" / "a" / "gate-good", gate_only)
+    # the current model's report: frames it was trained on never go to the gate
+    trained_before = [d for d in map(image_digest, good) if in_gate(d, 0.2)][:2]
+    versions = tmp_path / "store" / "a" / "versions"
+    versions.mkdir(parents=True)
+    (versions / "v-old.json").write_text(json.dumps({"train_digests": trained_before}))
+    (tmp_path / "store" / "a" / "current").write_text("v-old\n")
     spots = [f.copy() for f in _frames(4, seed=6)]
     for spot in spots:
         spot[10:14, 10:14] = 255
@@ -116,21 +124,25 @@ def test_dry_run_fits_on_training_frames_only_and_gates(tmp_path):
             progress(epoch + 1, config.epochs, 0.1)
         return BrightSpotDetector(product_line, "v-new")
 
-    settings = _settings(tmp_path, max_images=30)
+    settings = _settings(tmp_path, max_images=30, gate=GateSettings(min_good_frames=5))
     outcome = run_training(settings, RunOptions(line="a", dry_run=True, progress=False), fitter)
     counts = outcome.counts
-    assert counts["good_read"] == 41 and counts["duplicates"] == 1
+    assert counts["good_read"] == 42 and counts["duplicates"] == 1
     assert counts["gate_extra"] == 6 and counts["defects"] == 4
     assert counts["train"] == len(seen["images"]) == 30
+    trained = {image_digest(i) for i in seen["images"]}
     gate_digests = {image_digest(g) for g in good if in_gate(image_digest(g), 0.2)}
-    assert gate_digests and not gate_digests & {image_digest(i) for i in seen["images"]}
+    gate_digests -= set(trained_before)
+    assert gate_digests and not gate_digests & trained
+    assert image_digest(gate_only[0]) not in trained
     assert counts["gate_from_split"] == len(gate_digests)
+    assert outcome.previous == "v-old" and "unusable" in outcome.notes[0]
     assert json.loads(seen["config"].extra["trainer_counts"])["train"] == 30
     assert outcome.candidate == "v-new" and not outcome.promoted
     assert outcome.candidate_figures.detection_rate == 1.0
     assert outcome.candidate_figures.false_alarm_rate == 0.0
     assert outcome.reasons == []
-    assert not (tmp_path / "store").exists(), "a dry run writes nothing"
+    assert sorted(p.name for p in versions.iterdir()) == ["v-old.json"], "dry run: no write"
     table = trainer.summary_table(outcome, settings.gate, dry_run=True)
     assert "dry run" in table and "1.000" in table
 
