@@ -46,6 +46,10 @@ class GateSettings(BaseModel):
         description="Share of good frames kept out of training for the gate (by content hash).")
     min_good_frames: int = Field(default=10, ge=1, description="Fewer gate frames: refuse.")
     max_false_alarm_rate: float = Field(default=0.05, ge=0, le=1)
+    min_detection_rate: float = Field(
+        default=0.0, ge=0, le=1, description="With defective frames; also without a current model.")
+    min_auroc: float = Field(
+        default=0.5, ge=0, le=1, description="With defective frames; also without a current model.")
     max_false_alarm_increase: float = Field(
         default=0.02, ge=0, le=1, description="Over the current model's rate.")
     max_detection_drop: float = Field(

@@ -142,6 +142,12 @@ def judge(candidate: GateFigures, current: GateFigures | None,
     if candidate.false_alarm_rate > bounds.max_false_alarm_rate:
         reasons.append(f"false alarm rate {candidate.false_alarm_rate:.3f} > "
                        f"{bounds.max_false_alarm_rate:.3f}")
+    if candidate.detection_rate is not None and (
+            candidate.detection_rate < bounds.min_detection_rate):
+        reasons.append(f"detection rate {candidate.detection_rate:.3f} < "
+                       f"{bounds.min_detection_rate:.3f}")
+    if candidate.auroc is not None and candidate.auroc < bounds.min_auroc:
+        reasons.append(f"AUROC {candidate.auroc:.3f} < {bounds.min_auroc:.3f}")
     if current is None:
         return reasons
     if candidate.false_alarm_rate > current.false_alarm_rate + bounds.max_false_alarm_increase:
@@ -499,10 +505,11 @@ def summary_table(outcome: TrainingOutcome, bounds: GateSettings, dry_run: bool 
                  f"{bounds.max_false_alarm_rate:.3f}, <= current + "
                  f"{bounds.max_false_alarm_increase:.3f}")
     lines.append(f"{'detection rate':<22}{_rate(cand and cand.detection_rate):>11}"
-                 f"{_rate(cur and cur.detection_rate):>11}   >= current - "
+                 f"{_rate(cur and cur.detection_rate):>11}   >= "
+                 f"{bounds.min_detection_rate:.3f}, >= current - "
                  f"{bounds.max_detection_drop:.3f}")
     lines.append(f"{'AUROC':<22}{_rate(cand and cand.auroc):>11}{_rate(cur and cur.auroc):>11}"
-                 f"   >= current - {bounds.max_auroc_drop:.3f}")
+                 f"   >= {bounds.min_auroc:.3f}, >= current - {bounds.max_auroc_drop:.3f}")
     lines.append(f"{'good / defect frames':<22}"
                  f"{(f'{cand.good_frames}/{cand.defect_frames}' if cand else '-'):>11}")
     lines.append("")

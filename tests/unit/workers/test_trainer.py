@@ -82,6 +82,9 @@ def test_judge_applies_every_bound():
     assert any("exceeds the current" in r for r in reasons)
     assert any("detection rate 0.800" in r for r in reasons)
     assert any("AUROC 0.900" in r for r in reasons)
+    absolute = GateSettings(min_detection_rate=0.5, min_auroc=0.8)
+    reasons = judge(GateFigures("new", 100, 0.01, 50, 0.4, 0.7), None, absolute)
+    assert reasons == ["detection rate 0.400 < 0.500", "AUROC 0.700 < 0.800"]
     no_defects = GateFigures("new", 100, 0.01)
     assert judge(no_defects, GateFigures("old", 100, 0.01), bounds) == []
 
