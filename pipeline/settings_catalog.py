@@ -12,7 +12,7 @@ import enum
 import importlib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
@@ -24,7 +24,7 @@ SETTINGS_CLASSES: dict[str, str] = {
     "producer": "pipeline.settings:ProducerSettings",
     "worker": "pipeline.settings:WorkerSettings",
     "alert-subscriber": "pipeline.settings:AlertSubscriberSettings",
-    "trainer": "pipeline.settings:TrainerSettings",
+    "trainer": "pipeline.trainer_settings:TrainerSettings",
     "drift-monitor": "pipeline.ops_settings:DriftSettings",
     "dashboard": "pipeline.ops_settings:DashboardSettings",
     "dead-letters": "pipeline.settings:DeadLetterSettings",
@@ -148,8 +148,13 @@ def _walk(
             if info.default is not PydanticUndefined and isinstance(info.default, BaseModel):
                 default_section = info.default
             # A required section may still have defaults inside; its own required fields are
-            # what make the process refuse to start.
+            # what make the process refuse to start. An optional section (default None) makes
+            # nothing required: its fields are needed only when the section is given at all.
             nested = _walk(section, f"{name}{delimiter}", delimiter, default_section)
+            if info.default is None:
+                nested = [replace(var, required=False,
+                                  default="(unset)" if var.required else var.default)
+                          for var in nested]
             found.extend(nested)
             continue
         value = getattr(instance, field_name) if instance is not None else info.default

@@ -50,8 +50,9 @@ from pipeline.kafka_io import (
 )
 from pipeline.messages import Encoding, FrameMessage, ResultMessage, Timings
 from pipeline.model_store import Detector, ModelStore, artifact_loader, resolve_device
+from pipeline.model_updates import ModelUpdateListener
 from pipeline.observability import HealthServer, MetricsRegistry
-from pipeline.redis_store import RedisKeys, RedisResultSink, StoredResult
+from pipeline.redis_store import RedisKeys, RedisResultSink, StoredResult, connect
 from pipeline.settings import WorkerSettings
 from workers.batching import MicroBatcher
 
@@ -471,6 +472,10 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
         refresh_s=settings.model_refresh_s,
         on_loaded=lambda line, version: metrics.models_loaded.set(1, line=line,
                                                                   version=version))
+    # promotions/rollbacks (Redis pub/sub): load the new version, serve it from the next batch
+    stack.enter_context(ModelUpdateListener(
+        connect(settings.redis.url.get_secret_value(), settings.redis.socket_timeout_s),
+        settings.redis.key_prefix, store))
     source = stack.enter_context(KafkaFrameSource(
         kafka, kafka.frames_topic, settings.group_id,
         required_topics=[kafka.frames_topic, kafka.dead_letter_topic],

@@ -19,7 +19,6 @@ from tests.unit.deploy.deploy_files import ROOT, Dockerfile, dockerfiles
 PENDING_MODULES = {
     "workers.inference": "inference worker (issue 3)",
     "workers.producer": "camera producer (issue 3)",
-    "workers.trainer": "trainer job (issue 4)",
 }
 
 MODULE_TO_PROCESS = {module: process for process, module in PROCESS_MODULES.items()}
