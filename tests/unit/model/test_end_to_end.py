@@ -29,8 +29,8 @@ def test_defective_images_score_higher_than_good(lite0):
     good_scores = detector.predict(good).normalized_scores
     defect_scores = detector.predict(defective).normalized_scores
     assert defect_scores.mean() > good_scores.mean()
-    assert detector.metadata.holdout_image_count == 4
-    assert len(detector.metadata.calibration_scores) == 4
+    assert detector.metadata.holdout_image_count == 8  # 20% of 40
+    assert len(detector.metadata.calibration_scores) == 8
 
 
 def test_cli_fit_eval_predict(tmp_path, capsys):
@@ -53,7 +53,8 @@ def test_cli_fit_eval_predict(tmp_path, capsys):
         ]
     )
     assert code == 0 and artifact.is_file()
-    assert load_artifact(artifact).metadata.train_image_count + 2 == 16
+    meta = load_artifact(artifact).metadata
+    assert meta.train_image_count + meta.holdout_image_count == 16
     code = cli.main(
         [
             "eval",
