@@ -159,6 +159,11 @@ def main() -> None:
         if line.startswith("linewatch_worker_batch_size_bucket") or line.startswith(
                 "linewatch_worker_batch_size_count"):
             print("  " + line)
+    print("worker-side model time (all batches, incl. the latency phase):")
+    for line in metrics.splitlines():
+        if line.startswith(("linewatch_worker_inference_seconds_sum",
+                            "linewatch_worker_inference_seconds_count")):
+            print("  " + line)
 
 
 if __name__ == "__main__":
