@@ -14,7 +14,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings
 
+from model.trainer import FitConfig
 from pipeline.settings import _CONFIG, KafkaSettings, RedisSettings
+
+# the model package's defaults are the single source of truth for the fit
+_FIT_DEFAULTS = FitConfig()
 
 
 class FitSettings(BaseModel):
@@ -22,12 +26,13 @@ class FitSettings(BaseModel):
 
     backbone: Literal["efficientnet_lite0", "wide_resnet50_2"] = "efficientnet_lite0"
     backbone_weights: Path | None = Field(default=None, description="Explicit weights file.")
-    image_size: int = Field(default=256, ge=32, le=1024)
-    epochs: int = Field(default=20, ge=1, le=1000)
-    batch_size: int = Field(default=8, ge=1, le=256)
+    image_size: int = Field(default=_FIT_DEFAULTS.image_size, ge=32, le=1024)
+    epochs: int = Field(default=_FIT_DEFAULTS.epochs, ge=1, le=1000)
+    batch_size: int = Field(default=_FIT_DEFAULTS.batch_size, ge=1, le=256)
     holdout_fraction: float = Field(
-        default=0.1, gt=0, lt=1, description="Share of training frames used to calibrate.")
-    threshold_quantile: float = Field(default=0.99, ge=0.5, lt=1)
+        default=_FIT_DEFAULTS.holdout_fraction, gt=0, lt=1,
+        description="Share of training frames used to calibrate.")
+    threshold_quantile: float = Field(default=_FIT_DEFAULTS.threshold_quantile, ge=0.5, lt=1)
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 
