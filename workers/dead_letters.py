@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from pydantic import ValidationError
 
 from pipeline.errors import LinewatchError, TransportUnavailableError
 from pipeline.kafka_io import (
@@ -32,6 +31,7 @@ from pipeline.kafka_io import (
     require_topics,
 )
 from pipeline.messages import HEADER_CAMERA, HEADER_FRAME_ID, HEADER_LINE, Headers
+from pipeline.process import configure_logging, load_settings
 from pipeline.settings import DeadLetterSettings, KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -155,12 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="start at this dead-letter offset (skip what was replayed)")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = DeadLetterSettings()
-    except ValidationError as error:
-        print(f"linewatch-dead-letters: invalid settings:\n{error}", file=sys.stderr)
+    configure_logging(args.log_level)
+    settings = load_settings(DeadLetterSettings, "linewatch-dead-letters")
+    if settings is None:
         return 2
     try:
         letters = list(select(read_dead_letters(settings.kafka, args.from_offset,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
-import signal
 import sys
 import threading
 import time
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from pydantic import ValidationError
 
 from pipeline.codec import ImageLimits, decode_frame, encode_image, encode_png
 from pipeline.errors import (
@@ -52,6 +50,7 @@ from pipeline.messages import Encoding, FrameMessage, ResultMessage, Timings
 from pipeline.model_store import Detector, ModelStore, artifact_loader, resolve_device
 from pipeline.model_updates import ModelUpdateListener
 from pipeline.observability import HealthServer, MetricsRegistry
+from pipeline.process import configure_logging, load_settings, stop_event_on_signals
 from pipeline.redis_store import RedisKeys, RedisResultSink, StoredResult, connect
 from pipeline.settings import WorkerSettings
 from workers.batching import MicroBatcher
@@ -510,16 +509,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = WorkerSettings()
-    except ValidationError as error:
-        print(f"linewatch-worker: invalid settings:\n{error}", file=sys.stderr)
+    configure_logging(args.log_level)
+    settings = load_settings(WorkerSettings, "linewatch-worker")
+    if settings is None:
         return 2
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_event_on_signals()
     with ExitStack() as stack:
         try:
             worker = build_worker(settings, stack)
