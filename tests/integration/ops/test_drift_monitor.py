@@ -10,13 +10,12 @@ import pytest
 import redis
 
 from pipeline.drift import DriftConfig
-from pipeline.messages import ResultMessage, Timings
 from pipeline.observability import HealthServer, MetricsRegistry
+from tests.integration.ops.results import LINE, publish_results
 from workers.drift_monitor import DriftMonitor
 
 pytestmark = pytest.mark.integration
 
-LINE = "tiles"
 
 
 class InMemoryReferences:
@@ -31,26 +30,6 @@ class InMemoryReferences:
         if model_version not in self.scores:
             raise LookupError(f"no model {model_version}")
         return self.scores[model_version]
-
-
-def _publish(
-    client: redis.Redis, prefix: str, scores: np.ndarray, version: str, start: int
-) -> None:
-    pipe = client.pipeline()
-    for i, score in enumerate(scores):
-        result = ResultMessage(
-            frame_id=f"f{start + i:06d}",
-            camera_id="cam-1",
-            product_line=LINE,
-            capture_ts=1_700_000_000.0 + start + i,
-            image_score=float(score),
-            normalized_score=float(score),
-            label=bool(score >= 0.5),
-            model_version=version,
-            timings=Timings(queue_ms=1.0, decode_ms=1.0, infer_ms=5.0, batch_size=8),
-        )
-        pipe.xadd(f"{prefix}:results:{LINE}", {"result": result.to_json()})
-    pipe.execute()
 
 
 def _drain(monitor: DriftMonitor) -> int:
@@ -96,7 +75,7 @@ def test_normal_scores_raise_no_alert_shifted_scores_do(
     redis_client: redis.Redis, key_prefix: str, setup
 ) -> None:
     monitor, registry, _, rng = setup
-    _publish(redis_client, key_prefix, rng.normal(0.30, 0.06, 600), "v1", 0)
+    publish_results(redis_client, key_prefix, rng.normal(0.30, 0.06, 600), "v1", 0)
     assert _drain(monitor) == 600
     assert _events(redis_client, key_prefix) == []
     assert monitor.metrics.active.value(line=LINE) == 0.0
@@ -105,7 +84,7 @@ def test_normal_scores_raise_no_alert_shifted_scores_do(
     # Brighter frames: scores move up, most still under the 0.5 threshold (no frame alerts).
     shifted = rng.normal(0.42, 0.06, 400)
     assert np.mean(shifted >= 0.5) < 0.15
-    _publish(redis_client, key_prefix, shifted, "v1", 600)
+    publish_results(redis_client, key_prefix, shifted, "v1", 600)
     assert _drain(monitor) == 400
     events = _events(redis_client, key_prefix)
     assert [e["event"] for e in events] == ["drift_started"]
@@ -117,7 +96,7 @@ def test_normal_scores_raise_no_alert_shifted_scores_do(
     assert 'linewatch_drift_active{line="tiles"} 1' in registry.render()
 
     # A retrained model (new version, new calibration) clears the alert and starts afresh.
-    _publish(redis_client, key_prefix, rng.normal(0.30, 0.06, 50), "v2", 1000)
+    publish_results(redis_client, key_prefix, rng.normal(0.30, 0.06, 50), "v2", 1000)
     _drain(monitor)
     events = _events(redis_client, key_prefix)
     assert [(e["event"], e["reason"]) for e in events] == [
@@ -133,7 +112,7 @@ def test_unknown_model_and_bad_results_are_counted_and_skipped(
     redis_client: redis.Redis, key_prefix: str, setup
 ) -> None:
     monitor, _, references, rng = setup
-    _publish(redis_client, key_prefix, rng.normal(0.3, 0.06, 20), "v-missing", 0)
+    publish_results(redis_client, key_prefix, rng.normal(0.3, 0.06, 20), "v-missing", 0)
     redis_client.xadd(f"{key_prefix}:results:{LINE}", {"result": b"{not json"})
     assert _drain(monitor) == 21
     assert monitor.metrics.skipped.value(line=LINE, reason="no_reference") == 20
@@ -146,7 +125,7 @@ def test_restarted_monitor_reads_its_pending_entries_first(
     redis_client: redis.Redis, key_prefix: str, setup
 ) -> None:
     monitor, _, _, rng = setup
-    _publish(redis_client, key_prefix, rng.normal(0.3, 0.06, 30), "v1", 0)
+    publish_results(redis_client, key_prefix, rng.normal(0.3, 0.06, 30), "v1", 0)
     monitor.lines()
     # A crash after reading, before the acknowledgement: entries stay pending for c0.
     redis_client.xgroup_create(f"{key_prefix}:results:{LINE}", "drift-test", id="0")
@@ -159,7 +138,7 @@ def test_restarted_monitor_reads_its_pending_entries_first(
 
 def test_metrics_endpoint_shows_drift(redis_client: redis.Redis, key_prefix: str, setup) -> None:
     monitor, registry, _, rng = setup
-    _publish(redis_client, key_prefix, rng.normal(0.6, 0.06, 200), "v1", 0)
+    publish_results(redis_client, key_prefix, rng.normal(0.6, 0.06, 200), "v1", 0)
     _drain(monitor)
     with HealthServer(registry, is_alive=lambda: True, is_ready=lambda: False) as health:
         url = f"http://127.0.0.1:{health.port}"

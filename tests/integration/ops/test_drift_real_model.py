@@ -10,19 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import redis
 
 from pipeline.drift import DriftConfig
-from pipeline.messages import ResultMessage, Timings
 from pipeline.observability import MetricsRegistry
+from tests.integration.ops.results import LINE, publish_results
 from workers.drift_monitor import DriftMonitor, ModelStoreReference
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MTD = Path("/work/shared/data/mtd")
-LINE = "tiles"
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +42,6 @@ def fitted(tmp_path_factory: pytest.TempPathFactory):
     artifact.save_artifact(detector, path)
     (store / LINE / "current").write_text(version)
     return detector, store, version, unseen
-
-
-def _publish(client: redis.Redis, prefix: str, scores: np.ndarray, version: str, start: int):
-    for i, score in enumerate(scores):
-        result = ResultMessage(
-            frame_id=f"f{start + i:06d}",
-            camera_id="cam-1",
-            product_line=LINE,
-            capture_ts=1_700_000_000.0 + start + i,
-            image_score=float(score),
-            normalized_score=float(score),
-            label=bool(score >= 0.5),
-            model_version=version,
-            timings=Timings(queue_ms=1.0, decode_ms=1.0, infer_ms=5.0, batch_size=8),
-        )
-        client.xadd(f"{prefix}:results:{LINE}", {"result": result.to_json()})
 
 
 def _drain(monitor: DriftMonitor) -> None:
@@ -96,13 +78,13 @@ def test_shifted_real_frames_raise_drift_normal_ones_do_not(
         lines=[LINE],
         block_ms=50,
     )
-    _publish(redis_client, key_prefix, normal, version, 0)
+    publish_results(redis_client, key_prefix, normal, version, 0)
     _drain(monitor)
     assert monitor.detector(LINE).sample_count == len(normal)
     assert _events(redis_client, key_prefix) == [], "unseen good tiles must not drift"
     assert monitor.metrics.active.value(line=LINE) == 0.0
 
-    _publish(redis_client, key_prefix, shifted, version, len(normal))
+    publish_results(redis_client, key_prefix, shifted, version, len(normal))
     _drain(monitor)
     assert _events(redis_client, key_prefix) == ["drift_started"]
     assert monitor.metrics.active.value(line=LINE) == 1.0
