@@ -6,7 +6,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from statistics import NormalDist
@@ -301,14 +301,14 @@ def fit_detector(
     weights_digest = hashlib.sha256(
         b"".join(t.detach().cpu().numpy().tobytes() for t in head.state_dict().values())
     ).hexdigest()
-    final = DetectorMetadata(
-        **{
-            **metadata.__dict__,
-            "version": f"{created:%Y%m%dT%H%M%SZ}-{weights_digest[:8]}",
-            "calibration": calibration,
-            "calibration_scores": tuple(float(v) for v in calibration.normalize(raw)),
-        }
+    # calibration only rescales published scores: the folded network stays as built
+    final = replace(
+        metadata,
+        version=f"{created:%Y%m%dT%H%M%SZ}-{weights_digest[:8]}",
+        calibration=calibration,
+        calibration_scores=tuple(float(v) for v in calibration.normalize(raw)),
     )
+    detector.metadata = final
     logger.info(
         "fitted %s for %s in %.1fs (threshold %.4f)",
         final.version,
@@ -316,7 +316,7 @@ def fit_detector(
         time.perf_counter() - started,
         calibration.threshold,
     )
-    return AnomalyDetector(backbone=backbone, head=head.cpu(), metadata=final).to(config.device)
+    return detector
 
 
 def calibrate(holdout_scores: np.ndarray, quantile: float) -> Calibration:
