@@ -21,7 +21,7 @@ from model.detector import AnomalyDetector
 from model.evaluation import evaluate
 from model.features import PatchFeatureAggregator
 from model.metadata import Calibration, DetectorMetadata
-from model.trainer import FitConfig, calibrate, extract_patch_features, split_holdout, train_head
+from model.trainer import FitConfig, calibrate, extract_patch_features, split_holdout, train_heads
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"
 INT_FIELDS = {"epochs", "patches_per_step"}
@@ -48,7 +48,7 @@ def main() -> None:
     train_index, holdout_index = split_holdout(
         len(images), base.holdout_fraction, base.min_holdout, base.seed
     )
-    assert base.common_dim is not None and base.embed_dim is not None
+    assert base.embed_dim is not None
     aggregator = PatchFeatureAggregator(
         backbone.spec, common_dim=base.common_dim, embed_dim=base.embed_dim
     )
@@ -59,7 +59,7 @@ def main() -> None:
         config = replace(base, **_parse(setting))
         losses: list[float] = []
         started = time.perf_counter()
-        head = train_head(
+        head = train_heads(
             features, config, lambda epoch, epochs, loss, seen=losses: seen.append(loss)
         )
         seconds = time.perf_counter() - started
@@ -72,6 +72,8 @@ def main() -> None:
             common_dim=base.common_dim,
             embed_dim=base.embed_dim,
             hidden_dim=base.hidden_dim,
+            heads=config.heads,
+            margin=config.margin,
             noise_sigma=float(config.noise_sigma or 0),
             feature_scale=0.0,
             epochs=config.epochs,

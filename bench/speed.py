@@ -20,9 +20,11 @@ from model.backbones import build_backbone
 from model.detector import AnomalyDetector, gaussian_blur
 from model.features import DEFAULT_COMMON_DIM, DEFAULT_EMBED_DIM
 from model.metadata import Calibration, DetectorMetadata
-from model.network import SimpleNetHead
+from model.network import HeadEnsemble
+from model.trainer import FitConfig
 
 SIZE = 256
+HEADS = FitConfig().heads  # the default ensemble size
 
 
 def _detector(backbone_name: str) -> AnomalyDetector:
@@ -37,6 +39,8 @@ def _detector(backbone_name: str) -> AnomalyDetector:
         common_dim=DEFAULT_COMMON_DIM[backbone_name],
         embed_dim=embed,
         hidden_dim=1024,
+        heads=HEADS,
+        margin=0.5,
         noise_sigma=0.015,
         feature_scale=1.0,
         epochs=1,
@@ -48,7 +52,8 @@ def _detector(backbone_name: str) -> AnomalyDetector:
         created_at="",
         code_version="bench",
     )
-    return AnomalyDetector(backbone=backbone, head=SimpleNetHead(embed).eval(), metadata=metadata)
+    head = HeadEnsemble.empty(HEADS, embed, 1024, -0.5).eval()
+    return AnomalyDetector(backbone=backbone, head=head, metadata=metadata)
 
 
 def _full(detector: AnomalyDetector, batch: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from model.backbones import BACKBONE_SPECS, FeatureBackbone, build_backbone
 from model.detector import AnomalyDetector
 from model.errors import ArtifactError
 from model.metadata import ARTIFACT_FORMAT_VERSION, DetectorMetadata
-from model.network import SimpleNetHead
+from model.network import HeadEnsemble
 
 FORMAT_NAME = "linewatch-simplenet"
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
@@ -164,7 +164,9 @@ def load_artifact(
             f"{path} is a model for line {metadata.product_line!r}, "
             f"expected {expected_product_line!r}"
         )
-    head = SimpleNetHead(metadata.embed_dim, metadata.hidden_dim)
+    head = HeadEnsemble.empty(
+        metadata.heads, metadata.embed_dim, metadata.hidden_dim, -metadata.margin
+    )
     expected = head.state_dict()
     problems = [
         f"{name}: {tuple(tensors[name].shape) if name in tensors else 'missing'} "

@@ -41,7 +41,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", default=defaults.backbone)
     parser.add_argument("--backbone-weights", default=None, help="explicit backbone weights file")
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="per head")
+    parser.add_argument("--heads", type=int, default=defaults.heads, help="ensemble size")
     parser.add_argument("--noise-sigma", type=float, default=None)
     parser.add_argument("--embed-dim", type=int, default=None)
     parser.add_argument("--holdout-fraction", type=float, default=defaults.holdout_fraction)
@@ -59,6 +60,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         backbone_weights=args.backbone_weights,
         image_size=args.image_size,
         epochs=args.epochs,
+        heads=args.heads,
         noise_sigma=args.noise_sigma,
         embed_dim=args.embed_dim,
         holdout_fraction=args.holdout_fraction,
@@ -67,7 +69,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         device=args.device,
     )
     started = time.perf_counter()
-    with tqdm(total=config.epochs, desc="fit", unit="epoch") as bar:
+    with tqdm(total=config.heads * config.epochs, desc="fit", unit="epoch") as bar:
 
         def progress(epoch: int, epochs: int, loss: float) -> None:
             bar.set_postfix(loss=f"{loss:.4f}")

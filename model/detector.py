@@ -14,7 +14,7 @@ from model.backbones import BACKBONE_SPECS, FeatureBackbone
 from model.features import PatchFeatureAggregator
 from model.folding import FoldedScorer, fold_head
 from model.metadata import DetectorMetadata
-from model.network import SimpleNetHead
+from model.network import HeadEnsemble
 
 HEATMAP_SIGMA = 4.0
 
@@ -122,16 +122,21 @@ class AnomalyDetector(nn.Module):
 
     Args:
         backbone: Frozen backbone matching ``metadata.backbone``.
-        head: Trained adaptor + discriminator (kept for saving; inference uses the fold).
+        head: Trained heads (kept for saving; inference uses the fold).
         metadata: Model description, including calibration.
     """
 
     def __init__(
-        self, *, backbone: FeatureBackbone, head: SimpleNetHead, metadata: DetectorMetadata
+        self, *, backbone: FeatureBackbone, head: HeadEnsemble, metadata: DetectorMetadata
     ) -> None:
         super().__init__()
         if backbone.spec.name != metadata.backbone:
             raise ValueError(f"backbone {backbone.spec.name} != metadata {metadata.backbone}")
+        if len(head.members) != metadata.heads or head.score_floor != -metadata.margin:
+            raise ValueError(
+                f"{len(head.members)} heads floored at {head.score_floor} != metadata "
+                f"{metadata.heads} heads with margin {metadata.margin}"
+            )
         self.backbone = backbone
         self.aggregator = PatchFeatureAggregator(
             backbone.spec, common_dim=metadata.common_dim, embed_dim=metadata.embed_dim

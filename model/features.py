@@ -7,6 +7,12 @@ are aggregated into one ``embed_dim`` patch feature. The projection and aggregat
 parameter-free adaptive average pools over the channel axis (the paper's ``MeanMapper`` and
 ``Aggregator``), so the whole chain is linear: it is represented by one fixed matrix per
 layer, which lets the scoring head fold everything that follows into per-layer 1x1 maps.
+
+Pooling a layer *up* to a wider common dimension only repeats its channels, which leaves
+directions of the patch feature in which no real feature ever varies. Isotropic synthetic
+noise is trivially visible there, so the discriminator learns that give-away instead of the
+normal data. ``common_dim=None`` therefore concatenates the layers unpooled (the Lite0
+default: 40 + 112 = 152 dimensions, full rank).
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from torch import nn
 
 from model.backbones import BackboneSpec
 
-# Default embed_dim per backbone. Lite0's maps have 40 and 112 channels: the common
-# dimension is the larger count (112) so no layer is averaged down, and the aggregate keeps
-# both layers whole (2 x 112 = 224). For WideResNet50 the paper's 1536 / 1536.
-DEFAULT_COMMON_DIM = {"efficientnet_lite0": 112, "wide_resnet50_2": 1536}
-DEFAULT_EMBED_DIM = {"efficientnet_lite0": 224, "wide_resnet50_2": 1536}
+# Defaults per backbone. Lite0's maps have 40 and 112 channels. Pooling them to a common 112
+# and aggregating to 224 (the paper's recipe) gives a 224-d feature of rank 152: 72 dead
+# directions that isotropic noise gives away. Averaging down to 40 / 80 keeps full rank but
+# throws away most of the stride-16 layer (development split: image / pixel AUROC
+# 0.79 / 0.88 against 0.94 / 0.94 concatenated, same seed). So Lite0 concatenates (None):
+# embed_dim 152. For WideResNet50 the paper's 1536 / 1536.
+DEFAULT_COMMON_DIM: dict[str, int | None] = {"efficientnet_lite0": None, "wide_resnet50_2": 1536}
+DEFAULT_EMBED_DIM = {"efficientnet_lite0": 152, "wide_resnet50_2": 1536}
 
 
 def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
@@ -36,18 +45,30 @@ def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
 
 
 def projection_matrices(
-    channels: tuple[int, ...], common_dim: int, embed_dim: int
+    channels: tuple[int, ...], common_dim: int | None, embed_dim: int
 ) -> list[torch.Tensor]:
     """Per-layer matrices from pooled backbone channels to the aggregated patch feature.
 
     Args:
         channels: Channel count of each backbone layer.
-        common_dim: Dimension every layer is projected to.
+        common_dim: Dimension every layer is projected to; None concatenates the layers
+            unpooled (``embed_dim`` must then be the total channel count).
         embed_dim: Dimension of the aggregated patch feature.
 
     Returns:
         One ``[embed_dim, channels[i]]`` float32 matrix per layer.
+
+    Raises:
+        ValueError: When ``common_dim`` is None and ``embed_dim`` is not ``sum(channels)``.
     """
+    if common_dim is None:
+        if embed_dim != sum(channels):
+            raise ValueError(
+                f"concatenated layers have {sum(channels)} dimensions, embed_dim is {embed_dim}"
+            )
+        identity = torch.eye(embed_dim)
+        offsets = [sum(channels[:index]) for index in range(len(channels))]
+        return [identity[:, o : o + c].contiguous() for o, c in zip(offsets, channels, strict=True)]
     aggregate = adaptive_pool_matrix(common_dim * len(channels), embed_dim)
     matrices = []
     for index, count in enumerate(channels):
@@ -71,9 +92,9 @@ def neighbourhood_mean(feature_map: torch.Tensor) -> torch.Tensor:
 class PatchFeatureAggregator(nn.Module):
     """Turns backbone maps into ``embed_dim`` patch features on the finest grid."""
 
-    def __init__(self, spec: BackboneSpec, *, common_dim: int, embed_dim: int) -> None:
+    def __init__(self, spec: BackboneSpec, *, common_dim: int | None, embed_dim: int) -> None:
         super().__init__()
-        if common_dim < 1 or embed_dim < 1:
+        if (common_dim is not None and common_dim < 1) or embed_dim < 1:
             raise ValueError("common_dim and embed_dim must be positive")
         self.common_dim = common_dim
         self.embed_dim = embed_dim

@@ -8,7 +8,8 @@ from typing import Any
 
 from model.errors import ArtifactError
 
-ARTIFACT_FORMAT_VERSION = 1
+# 2: heads are an ensemble (members.<k>.* tensors), metadata gains heads and margin.
+ARTIFACT_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,11 @@ class DetectorMetadata:
         backbone: Backbone registry name.
         layers: Backbone layers used.
         image_size: Side of the square input the model runs at.
-        common_dim: Per-layer projection dimension.
+        common_dim: Per-layer projection dimension (None: layers concatenated unpooled).
         embed_dim: Patch feature dimension.
         hidden_dim: Discriminator hidden width.
+        heads: Independently trained heads whose floored scores are averaged.
+        margin: Truncated L1 margin; each head's patch score is floored at ``-margin``.
         noise_sigma: Standard deviation of the synthetic anomaly noise used in training.
         feature_scale: Mean per-dimension std of the training patch features (measured).
         epochs: Training epochs (fixed in advance; no label-based selection).
@@ -70,9 +73,11 @@ class DetectorMetadata:
     backbone: str
     layers: tuple[str, ...]
     image_size: int
-    common_dim: int
+    common_dim: int | None
     embed_dim: int
     hidden_dim: int
+    heads: int
+    margin: float
     noise_sigma: float
     feature_scale: float
     epochs: int
@@ -109,9 +114,13 @@ class DetectorMetadata:
             raw["layers"] = tuple(str(layer) for layer in raw["layers"])
             raw["calibration"] = Calibration(**raw["calibration"])
             raw["calibration_scores"] = tuple(float(v) for v in raw["calibration_scores"])
-            for name in ("image_size", "common_dim", "embed_dim", "hidden_dim", "epochs"):
+            for name in ("image_size", "common_dim", "embed_dim", "hidden_dim", "heads", "epochs"):
+                if name == "common_dim" and raw[name] is None:
+                    continue
                 if not isinstance(raw[name], int) or raw[name] < 1:
                     raise ValueError(f"{name} must be a positive integer, got {raw[name]!r}")
+            if not isinstance(raw["margin"], int | float) or raw["margin"] <= 0:
+                raise ValueError(f"margin must be a positive number, got {raw['margin']!r}")
             return cls(**raw)
         except (TypeError, ValueError, KeyError, json.JSONDecodeError) as error:
             raise ArtifactError(f"invalid detector metadata: {error}") from error

@@ -27,7 +27,10 @@ class FitSettings(BaseModel):
     backbone: Literal["efficientnet_lite0", "wide_resnet50_2"] = "efficientnet_lite0"
     backbone_weights: Path | None = Field(default=None, description="Explicit weights file.")
     image_size: int = Field(default=_FIT_DEFAULTS.image_size, ge=32, le=1024)
-    epochs: int = Field(default=_FIT_DEFAULTS.epochs, ge=1, le=1000)
+    epochs: int = Field(default=_FIT_DEFAULTS.epochs, ge=1, le=1000, description="Per head.")
+    heads: int = Field(
+        default=_FIT_DEFAULTS.heads, ge=1, le=16,
+        description="Heads trained from different seeds; their floored scores are averaged.")
     batch_size: int = Field(default=_FIT_DEFAULTS.batch_size, ge=1, le=256)
     holdout_fraction: float = Field(
         default=_FIT_DEFAULTS.holdout_fraction, gt=0, lt=1,

@@ -5,7 +5,7 @@ import torch
 from model.backbones import build_backbone
 from model.detector import AnomalyDetector
 from model.metadata import Calibration, DetectorMetadata
-from model.network import SimpleNetHead
+from model.network import HeadEnsemble, SimpleNetHead
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +20,11 @@ def make_metadata(**overrides) -> DetectorMetadata:
         backbone="efficientnet_lite0",
         layers=("blocks4", "blocks10"),
         image_size=64,
-        common_dim=112,
-        embed_dim=224,
+        common_dim=None,
+        embed_dim=152,
         hidden_dim=64,
+        heads=2,
+        margin=0.5,
         noise_sigma=0.25,
         feature_scale=2.0,
         epochs=1,
@@ -38,16 +40,22 @@ def make_metadata(**overrides) -> DetectorMetadata:
     return DetectorMetadata(**values)
 
 
-def randomized_head(embed_dim: int = 224, hidden_dim: int = 64, seed: int = 0) -> SimpleNetHead:
+def randomized_head(
+    embed_dim: int = 152, hidden_dim: int = 64, seed: int = 0, heads: int = 2
+) -> HeadEnsemble:
+    """An ensemble of untrained heads with non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)
-    head = SimpleNetHead(embed_dim, hidden_dim)
-    norm = head.discriminator.norm
-    with torch.no_grad():
-        norm.running_mean.uniform_(-0.5, 0.5)
-        norm.running_var.uniform_(0.5, 2.0)
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.uniform_(-0.2, 0.2)
-    return head.eval()
+    members = []
+    for _ in range(heads):
+        head = SimpleNetHead(embed_dim, hidden_dim)
+        norm = head.discriminator.norm
+        with torch.no_grad():
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.2, 0.2)
+        members.append(head)
+    return HeadEnsemble(members, score_floor=-0.5).eval()
 
 
 @pytest.fixture()

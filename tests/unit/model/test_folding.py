@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from model.backbones import BACKBONE_SPECS
@@ -7,19 +8,23 @@ from model.folding import fold_head
 from .conftest import randomized_head
 
 
-def test_folded_scores_match_unfolded():
+@pytest.mark.parametrize(("common_dim", "embed_dim", "heads"), [(None, 152, 3), (112, 224, 1)])
+def test_folded_scores_match_unfolded(common_dim, embed_dim, heads):
     spec = BACKBONE_SPECS["efficientnet_lite0"]
-    aggregator = PatchFeatureAggregator(spec, common_dim=112, embed_dim=224)
-    head = randomized_head(hidden_dim=128)
+    aggregator = PatchFeatureAggregator(spec, common_dim=common_dim, embed_dim=embed_dim)
+    head = randomized_head(embed_dim=embed_dim, hidden_dim=128, heads=heads)
     maps = [torch.randn(3, 40, 12, 12) * 2, torch.randn(3, 112, 6, 6) * 2]
     with torch.no_grad():
         features = aggregator(maps)  # [B, E, h, w]
-        flat = features.permute(0, 2, 3, 1).reshape(-1, 224)
+        flat = features.permute(0, 2, 3, 1).reshape(-1, embed_dim)
+        members = torch.stack([member(flat) for member in head.members])
+        head.score_floor = float(members.median())  # so the floor bites on half the scores
         reference = head(flat).reshape(3, 12, 12)
         folded = fold_head(aggregator, head)(maps)
     relative = (folded - reference).abs().max() / reference.abs().max()
     assert folded.shape == (3, 12, 12)
     assert relative.item() < 1e-4
+
 
 
 def test_detector_scores_match_unfolded_path(random_detector, images):

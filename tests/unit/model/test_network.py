@@ -4,7 +4,7 @@ import torch
 from model.backbones import BACKBONE_SPECS, build_backbone
 from model.features import PatchFeatureAggregator, adaptive_pool_matrix, projection_matrices
 from model.loss import truncated_l1_loss
-from model.network import Discriminator, FeatureAdaptor, SimpleNetHead
+from model.network import Discriminator, FeatureAdaptor, HeadEnsemble, SimpleNetHead
 from model.noise import GaussianAnomalyGenerator
 
 
@@ -22,6 +22,15 @@ def test_projection_keeps_both_lite0_layers_whole():
     assert torch.count_nonzero(second[:112]) == 0
     # every layer-1 channel reaches the feature
     assert bool((first[:112].sum(dim=0) > 0).all())
+
+
+def test_pooling_up_leaves_dead_directions_and_concatenation_does_not():
+    pooled = torch.cat(projection_matrices((40, 112), 112, 224), dim=1)
+    assert torch.linalg.matrix_rank(pooled.double()).item() == 152  # 72 of 224 never vary
+    first, second = projection_matrices((40, 112), None, 152)
+    assert torch.equal(torch.cat([first, second], dim=1), torch.eye(152))
+    with pytest.raises(ValueError, match="152 dimensions"):
+        projection_matrices((40, 112), None, 224)
 
 
 def test_aggregator_shapes_and_linearity():
@@ -73,3 +82,16 @@ def test_noise_statistics():
     assert noisy.std().item() == pytest.approx(0.015, rel=0.01)
     with pytest.raises(ValueError):
         GaussianAnomalyGenerator(0.0)
+
+
+def test_ensemble_floors_each_member_then_averages():
+    members = [SimpleNetHead(4, 8).eval() for _ in range(2)]
+    ensemble = HeadEnsemble(members, score_floor=-0.5).eval()
+    x = torch.randn(50, 4) * 3
+    with torch.no_grad():
+        scores = torch.stack([member(x) for member in members])
+        expected = scores.clamp_min(-0.5).mean(dim=0)
+        assert torch.allclose(ensemble(x), expected)
+        assert bool((ensemble(x) >= -0.5).all())
+    with pytest.raises(ValueError, match="at least one"):
+        HeadEnsemble([], score_floor=-0.5)

@@ -58,7 +58,8 @@ def _write_bad(kind: str, root, lite0, good_path) -> None:
         detector = AnomalyDetector(
             backbone=wide, head=randomized_head(embed_dim=512, hidden_dim=64),
             metadata=make_metadata(version="v2", backbone="wide_resnet50_2",
-                                   layers=("layer2", "layer3"), common_dim=512, embed_dim=512))
+                                   layers=("layer2", "layer3"), common_dim=512, embed_dim=512,
+                                   heads=2))
         save_artifact(detector, path)
     elif kind == "pickle_payload":
         path.write_bytes(pickle.dumps(_Boom()))
