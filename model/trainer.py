@@ -50,6 +50,10 @@ class FitConfig:
         noise_sigma: Synthetic anomaly noise std (default per backbone).
         epochs: Passes of each head over the cached training features; the last is kept.
         batch_size: Images per backbone batch when caching features.
+        min_steps_per_epoch: Fewest optimiser steps per epoch. A small fit (few images, or
+            a small image size) takes this many smaller steps (down to 64 patches, passing
+            over the patches several times if need be) instead of a handful of full-size
+            ones, which would leave the zero-initialised output layer untrained.
         patches_per_step: Random patch features per training step; an epoch is one pass
             over all cached patches in random order.
         adaptor_lr: AdamW learning rate of the feature adaptor.
@@ -74,6 +78,7 @@ class FitConfig:
     epochs: int = 3
     batch_size: int = 8
     patches_per_step: int = 2048
+    min_steps_per_epoch: int = 200
     adaptor_lr: float = 1e-4
     discriminator_lr: float = 2e-4
     discriminator_weight_decay: float = 1e-5
@@ -153,13 +158,23 @@ def extract_patch_features(
 
 
 def _init_head(head: SimpleNetHead) -> None:
-    # As the paper's code: xavier-normal linear weights; except the discriminator's output
-    # layer starts at zero, so every head starts from the same flat score and only moves
-    # where the loss pushes it (development split, seeds 0-2, one head each: pixel AUROC
-    # 0.950 / 0.944 / 0.938 against 0.944 / 0.926 / 0.911 with a xavier output layer).
+    """Starts a head as the identity map into a flat discriminator.
+
+    The paper's code draws every linear layer xavier-normal. A random adaptor, though,
+    distorts the feature space at random, so the isotropic noise added after it is a
+    differently shaped noise in feature space for every seed; it barely moves at the
+    adaptor's learning rate. Starting the adaptor at the identity makes the synthetic
+    anomalies the same isotropic perturbation of the real features for every seed, and a
+    zero output layer starts every head from the same flat score, moved only where the loss
+    pushes it. Development split, one head, seeds 1 / 2 / 3, image / pixel AUROC:
+    xavier 0.89 / 0.93, 0.91 / 0.91, -; zero output 0.90 / 0.94, 0.93 / 0.94, 0.89 / 0.89;
+    zero output + identity adaptor 0.93 / 0.95, 0.93 / 0.96, 0.93 / 0.96.
+    """
     for module in head.modules():
         if isinstance(module, nn.Linear):
             nn.init.xavier_normal_(module.weight)
+    nn.init.eye_(head.adaptor.linear.weight)
+    nn.init.zeros_(head.adaptor.linear.bias)
     nn.init.zeros_(head.discriminator.output.weight)
     nn.init.zeros_(head.discriminator.output.bias)
 
@@ -220,13 +235,16 @@ def train_head(
     )
     noise = GaussianAnomalyGenerator(config.noise_sigma)
     patches = features.reshape(-1, features.shape[-1])
-    steps = max(patches.shape[0] // config.patches_per_step, 1)
+    count = patches.shape[0]
+    steps = max(count // config.patches_per_step, config.min_steps_per_epoch)
+    per_step = min(config.patches_per_step, max(count // steps, 64))
+    passes = -(-steps * per_step // count)  # patches drawn per epoch, in whole permutations
     head.train()
     for epoch in range(config.epochs):
-        order = torch.randperm(patches.shape[0], generator=generator)
+        order = torch.cat([torch.randperm(count, generator=generator) for _ in range(passes)])
         total = 0.0
         for step in range(steps):
-            index = order[step * config.patches_per_step : (step + 1) * config.patches_per_step]
+            index = order[step * per_step : (step + 1) * per_step]
             batch = patches[index].to(device)
             adapted = head.adaptor(batch)
             anomalous = noise(adapted, generator=None)
