@@ -340,12 +340,13 @@ def _fit(data: TrainingData, settings: TrainerSettings, line: str, device: str,
     extra = {"trainer_sources": json.dumps(data.sources, sort_keys=True),
              "trainer_counts": json.dumps(data.counts, sort_keys=True)}
     config = FitConfig(backbone=fit.backbone, image_size=fit.image_size, epochs=fit.epochs,
-                       heads=fit.heads, batch_size=fit.batch_size, holdout_fraction=fit.holdout_fraction,
+                       heads=fit.heads, batch_size=fit.batch_size,
+                       holdout_fraction=fit.holdout_fraction,
                        threshold_quantile=fit.threshold_quantile, seed=fit.seed, device=device,
                        backbone_weights=str(fit.backbone_weights) if fit.backbone_weights
                        else None, extra=extra)
-    with tqdm(total=fit.heads * fit.epochs, desc=f"fitting {line}", unit="epoch", disable=not progress,
-              leave=False) as bar:
+    with tqdm(total=fit.heads * fit.epochs, desc=f"fitting {line}", unit="epoch",
+              disable=not progress, leave=False) as bar:
         def on_epoch(epoch: int, epochs: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
