@@ -29,12 +29,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--overlays", type=Path, default=None)
     parser.add_argument("--epochs", type=int, default=None, help="override (default: FitConfig)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heads", type=int, default=None, help="override (default: FitConfig)")
+    parser.add_argument("--seed", type=int, default=0, help="holdout split and head seeds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = FitConfig(seed=args.seed)
-    if args.epochs is not None:
-        config = FitConfig(seed=args.seed, epochs=args.epochs)
+    overrides = {name: getattr(args, name) for name in ("epochs", "heads")}
+    config = FitConfig(seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
     images = read_images(list_images(args.data / "train" / "good"))
     samples = list_test_samples(args.data)
     print(f"data {args.data}: {len(images)} good training images, {len(samples)} test images")
