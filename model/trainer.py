@@ -94,8 +94,12 @@ class FitConfig:
         """Returns a copy with per-backbone defaults filled in, after validation."""
         if self.backbone not in BACKBONE_SPECS:
             raise ValueError(f"unknown backbone {self.backbone!r}")
-        if self.image_size < 32 or min(self.epochs, self.batch_size, self.heads) < 1:
-            raise ValueError("image_size >= 32 and epochs, batch_size, heads >= 1 are required")
+        counts = (self.epochs, self.batch_size, self.heads, self.min_steps_per_epoch)
+        if self.image_size < 32 or min(counts) < 1 or self.patches_per_step < 64:
+            raise ValueError(
+                "image_size >= 32, patches_per_step >= 64 and epochs, batch_size, heads, "
+                "min_steps_per_epoch >= 1 are required"
+            )
         if not 0.0 < self.holdout_fraction < 1.0 or not 0.5 <= self.threshold_quantile < 1.0:
             raise ValueError("holdout_fraction in (0, 1) and threshold_quantile in [0.5, 1)")
         values = dict(self.__dict__)
