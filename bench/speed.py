@@ -24,7 +24,7 @@ from model.network import HeadEnsemble
 from model.trainer import FitConfig
 
 SIZE = 256
-HEADS = FitConfig().heads  # the default ensemble size
+FIT_DEFAULTS = FitConfig()  # the default ensemble size and margin
 
 
 def _detector(backbone_name: str) -> AnomalyDetector:
@@ -38,9 +38,9 @@ def _detector(backbone_name: str) -> AnomalyDetector:
         image_size=SIZE,
         common_dim=DEFAULT_COMMON_DIM[backbone_name],
         embed_dim=embed,
-        hidden_dim=1024,
-        heads=HEADS,
-        margin=0.5,
+        hidden_dim=FIT_DEFAULTS.hidden_dim,
+        heads=FIT_DEFAULTS.heads,
+        margin=FIT_DEFAULTS.margin,
         noise_sigma=0.015,
         feature_scale=1.0,
         epochs=1,
@@ -52,7 +52,9 @@ def _detector(backbone_name: str) -> AnomalyDetector:
         created_at="",
         code_version="bench",
     )
-    head = HeadEnsemble.empty(HEADS, embed, 1024, -0.5).eval()
+    head = HeadEnsemble.empty(
+        FIT_DEFAULTS.heads, embed, FIT_DEFAULTS.hidden_dim, -FIT_DEFAULTS.margin
+    ).eval()
     return AnomalyDetector(backbone=backbone, head=head, metadata=metadata)
 
 
