@@ -71,7 +71,7 @@ def main() -> None:
             image_size=args.size,
             common_dim=base.common_dim,
             embed_dim=base.embed_dim,
-            hidden_dim=base.hidden_dim,
+            hidden_dim=config.hidden_dim,
             heads=config.heads,
             margin=config.margin,
             noise_sigma=float(config.noise_sigma or 0),

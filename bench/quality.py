@@ -30,11 +30,13 @@ def main() -> None:
     parser.add_argument("--overlays", type=Path, default=None)
     parser.add_argument("--epochs", type=int, default=None, help="override (default: FitConfig)")
     parser.add_argument("--heads", type=int, default=None, help="override (default: FitConfig)")
+    parser.add_argument("--hidden-dim", type=int, default=None, help="override")
     parser.add_argument("--holdout-fraction", type=float, default=None, help="override")
     parser.add_argument("--seed", type=int, default=0, help="holdout split and head seeds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    overrides = {name: getattr(args, name) for name in ("epochs", "heads", "holdout_fraction")}
+    names = ("epochs", "heads", "hidden_dim", "holdout_fraction")
+    overrides = {name: getattr(args, name) for name in names}
     config = FitConfig(seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
     images = read_images(list_images(args.data / "train" / "good"))
     samples = list_test_samples(args.data)

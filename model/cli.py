@@ -43,6 +43,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="per head")
     parser.add_argument("--heads", type=int, default=defaults.heads, help="ensemble size")
+    parser.add_argument(
+        "--hidden-dim", type=int, default=defaults.hidden_dim, help="discriminator width per head"
+    )
     parser.add_argument("--noise-sigma", type=float, default=None)
     parser.add_argument("--embed-dim", type=int, default=None)
     parser.add_argument("--holdout-fraction", type=float, default=defaults.holdout_fraction)
@@ -61,6 +64,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         epochs=args.epochs,
         heads=args.heads,
+        hidden_dim=args.hidden_dim,
         noise_sigma=args.noise_sigma,
         embed_dim=args.embed_dim,
         holdout_fraction=args.holdout_fraction,

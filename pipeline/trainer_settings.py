@@ -31,6 +31,9 @@ class FitSettings(BaseModel):
     heads: int = Field(
         default=_FIT_DEFAULTS.heads, ge=1, le=16,
         description="Heads trained from different seeds; their floored scores are averaged.")
+    hidden_dim: int = Field(
+        default=_FIT_DEFAULTS.hidden_dim, ge=8, le=8192,
+        description="Discriminator width per head; inference cost follows heads x hidden_dim.")
     batch_size: int = Field(default=_FIT_DEFAULTS.batch_size, ge=1, le=256)
     holdout_fraction: float = Field(
         default=_FIT_DEFAULTS.holdout_fraction, gt=0, lt=1,

@@ -340,7 +340,7 @@ def _fit(data: TrainingData, settings: TrainerSettings, line: str, device: str,
     extra = {"trainer_sources": json.dumps(data.sources, sort_keys=True),
              "trainer_counts": json.dumps(data.counts, sort_keys=True)}
     config = FitConfig(backbone=fit.backbone, image_size=fit.image_size, epochs=fit.epochs,
-                       heads=fit.heads, batch_size=fit.batch_size,
+                       heads=fit.heads, hidden_dim=fit.hidden_dim, batch_size=fit.batch_size,
                        holdout_fraction=fit.holdout_fraction,
                        threshold_quantile=fit.threshold_quantile, seed=fit.seed, device=device,
                        backbone_weights=str(fit.backbone_weights) if fit.backbone_weights
