@@ -11,6 +11,7 @@ max, upsampling and the sigma-4 Gaussian blur of the heatmap.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -65,14 +66,27 @@ def _full(detector: AnomalyDetector, batch: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1).amax(1) + heatmaps[:, 0, 0]
 
 
-def _rate(fn, batch: torch.Tensor, repeats: int) -> float:
+def _paired_rates(trunk_fn, full_fn, batch: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Images/s of trunk and full from the median of back-to-back timed pairs.
+
+    Each repeat times one trunk batch and then one full batch, so drift in machine load
+    (this machine's throughput moves by a third between minutes) hits both alike, and the
+    median ignores a stray slow batch.
+    """
+    trunk_times, full_times = [], []
     with torch.inference_mode():
         for _ in range(3):
-            fn(batch)
-        started = time.perf_counter()
+            trunk_fn(batch)
+            full_fn(batch)
         for _ in range(repeats):
-            fn(batch)
-    return repeats * batch.shape[0] / (time.perf_counter() - started)
+            started = time.perf_counter()
+            trunk_fn(batch)
+            middle = time.perf_counter()
+            full_fn(batch)
+            trunk_times.append(middle - started)
+            full_times.append(time.perf_counter() - middle)
+    size = batch.shape[0]
+    return size / statistics.median(trunk_times), size / statistics.median(full_times)
 
 
 def main() -> None:
@@ -90,12 +104,9 @@ def main() -> None:
             repeats = (
                 max(args.repeats // batch_size, 3) if name == "wide_resnet50_2" else args.repeats
             )
-            # interleave trunk and full twice so drift in machine load hits both alike
-            trunk_rates, full_rates = [], []
-            for _ in range(2):
-                trunk_rates.append(_rate(detector.backbone, batch, repeats))
-                full_rates.append(_rate(lambda b, d=detector: _full(d, b), batch, repeats))
-            trunk, full = max(trunk_rates), max(full_rates)
+            trunk, full = _paired_rates(
+                detector.backbone, lambda b, d=detector: _full(d, b), batch, repeats
+            )
             print(f"{name:<20} {batch_size:>5} {trunk:>9.1f} {full:>9.1f} {full / trunk:>10.3f}")
 
 
