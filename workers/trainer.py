@@ -339,10 +339,9 @@ def _fit(data: TrainingData, settings: TrainerSettings, line: str, device: str,
     fit = settings.fit
     extra = {"trainer_sources": json.dumps(data.sources, sort_keys=True),
              "trainer_counts": json.dumps(data.counts, sort_keys=True)}
-    config = FitConfig(backbone=fit.backbone, image_size=fit.image_size, epochs=fit.epochs,
-                       heads=fit.heads, hidden_dim=fit.hidden_dim, batch_size=fit.batch_size,
-                       holdout_fraction=fit.holdout_fraction,
-                       threshold_quantile=fit.threshold_quantile, seed=fit.seed, device=device,
+    # every FitSettings field is a FitConfig field: pass them all, so a new one cannot be
+    # left out here; only the weights path (str) and the resolved device differ in type
+    config = FitConfig(**fit.model_dump(exclude={"backbone_weights", "device"}), device=device,
                        backbone_weights=str(fit.backbone_weights) if fit.backbone_weights
                        else None, extra=extra)
     with tqdm(total=fit.heads * fit.epochs, desc=f"fitting {line}", unit="epoch",
