@@ -15,10 +15,9 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 from model.backbones import build_backbone
-from model.detector import AnomalyDetector, gaussian_blur
+from model.detector import AnomalyDetector
 from model.features import DEFAULT_COMMON_DIM, DEFAULT_EMBED_DIM
 from model.metadata import Calibration, DetectorMetadata
 from model.network import HeadEnsemble
@@ -61,8 +60,7 @@ def _detector(backbone_name: str) -> AnomalyDetector:
 
 def _full(detector: AnomalyDetector, batch: torch.Tensor) -> torch.Tensor:
     maps = detector.score_maps(batch)
-    upsampled = F.interpolate(maps[:, None], size=(SIZE, SIZE), mode="bilinear")[:, 0]
-    heatmaps = gaussian_blur(upsampled)
+    heatmaps = detector.heatmaps(maps)
     return maps.flatten(1).amax(1) + heatmaps[:, 0, 0]
 
 

@@ -66,6 +66,50 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = HEATMAP_SIGMA) -> torch.Ten
     return x.squeeze(1)
 
 
+def upsample_and_blur(maps: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Reference heatmap: bilinear upsampling to ``size``, then :func:`gaussian_blur`.
+
+    Args:
+        maps: ``[B, h, w]`` score maps.
+        size: Output ``(H, W)``.
+        sigma: Blur standard deviation in output pixels.
+
+    Returns:
+        ``[B, H, W]``.
+    """
+    upsampled = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    return gaussian_blur(upsampled.squeeze(1), sigma)
+
+
+def heatmap_operators(
+    grid: tuple[int, int], size: tuple[int, int], sigma: float = HEATMAP_SIGMA
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matrices that turn a score map into its heatmap with two small matmuls.
+
+    Bilinear upsampling and the reflect-padded Gaussian blur are both linear and act on
+    each axis separately, so ``upsample_and_blur(M) == A_h @ M @ A_w.T`` for fixed
+    matrices. Each column is found by running :func:`upsample_and_blur` itself (in float64)
+    on a map that is one at one row (or column) and constant along the other axis: both
+    steps map a constant axis to the same constant, so the result is that column times a
+    constant. This replaces a full-resolution interpolation and a 33-tap convolution per
+    axis by ``O(S * h * w + S * S * w)`` multiply-adds.
+
+    Args:
+        grid: Score map ``(h, w)``.
+        size: Heatmap ``(H, W)``.
+        sigma: Blur standard deviation in heatmap pixels.
+
+    Returns:
+        ``A_h`` ``[H, h]`` and ``A_w`` ``[W, w]``, float32.
+    """
+    height, width = grid
+    rows = torch.eye(height, dtype=torch.float64)[:, :, None].expand(height, height, width)
+    cols = torch.eye(width, dtype=torch.float64)[:, None, :].expand(width, height, width)
+    operator_h = upsample_and_blur(rows, size, sigma)[:, :, 0].T  # [H, h]
+    operator_w = upsample_and_blur(cols, size, sigma)[:, 0, :].T  # [W, w]
+    return operator_h.float().contiguous(), operator_w.float().contiguous()
+
+
 def heatmap_to_uint8(heatmap: np.ndarray) -> np.ndarray:
     """Maps a normalised heatmap to uint8: 0 -> 0, 0.5 (threshold) -> 127, >= 1 -> 255."""
     return np.floor(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -144,6 +188,7 @@ class AnomalyDetector(nn.Module):
         self.head = head.eval()
         self.metadata = metadata
         self.scorer: FoldedScorer = fold_head(self.aggregator, self.head)
+        self._heatmap_operators: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.eval()
 
     @property
@@ -166,6 +211,25 @@ class AnomalyDetector(nn.Module):
             return maps.float()
         return self.scorer(self.backbone(batch))
 
+    def heatmaps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Raw heatmaps ``[B, S, S]``: score maps ``[B, h, w]`` upsampled and blurred.
+
+        Equal to :func:`upsample_and_blur` with sigma :data:`HEATMAP_SIGMA`, computed as
+        ``A_h @ maps @ A_w.T`` with operators built once per grid and device.
+        """
+        size = self.metadata.image_size
+        key = (*maps.shape[-2:], maps.device, maps.dtype)
+        operators = self._heatmap_operators.get(key)
+        if operators is None:
+            operator_h, operator_w = heatmap_operators(tuple(maps.shape[-2:]), (size, size))
+            operators = (
+                operator_h.to(maps.device, maps.dtype),
+                operator_w.T.contiguous().to(maps.device, maps.dtype),
+            )
+            self._heatmap_operators[key] = operators
+        operator_h, operator_w_t = operators
+        return torch.matmul(torch.matmul(operator_h, maps), operator_w_t)
+
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray], *, chunk_size: int = 32) -> Prediction:
         """Scores images and builds their heatmaps.
@@ -178,16 +242,12 @@ class AnomalyDetector(nn.Module):
             The batch's :class:`Prediction`.
         """
         calibration = self.metadata.calibration
-        size = self.metadata.image_size
         scores, heatmaps = [], []
         for start in range(0, len(images), chunk_size):
             batch = self.preprocess(images[start : start + chunk_size])
             maps = self.score_maps(batch)
             scores.append(maps.flatten(1).amax(dim=1))
-            upsampled = F.interpolate(
-                maps.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False
-            ).squeeze(1)
-            heatmaps.append(calibration.normalize(gaussian_blur(upsampled)))
+            heatmaps.append(calibration.normalize(self.heatmaps(maps)))
         raw = torch.cat(scores).float().cpu().numpy()
         normalized = np.asarray(calibration.normalize(raw), dtype=np.float32)
         return Prediction(

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.detector import gaussian_blur, gaussian_kernel1d, heatmap_to_uint8, images_to_tensor
+from model.detector import (
+    gaussian_blur,
+    gaussian_kernel1d,
+    heatmap_operators,
+    heatmap_to_uint8,
+    images_to_tensor,
+    upsample_and_blur,
+)
 
 
 def test_predict_shapes_and_calibration(random_detector, images):
@@ -35,6 +42,25 @@ def test_gaussian_kernel_and_blur():
     assert blurred[0, 32, 32] == blurred.max()
     flat = torch.full((2, 40, 40), 3.0)
     assert torch.allclose(gaussian_blur(flat), flat, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("grid", "size"),
+    [((32, 32), (256, 256)), ((8, 8), (64, 64)), ((4, 6), (20, 30)), ((3, 3), (8, 8))],
+)
+def test_heatmap_operators_match_upsample_and_blur(grid, size):
+    torch.manual_seed(0)
+    maps = torch.randn(3, *grid)
+    operator_h, operator_w = heatmap_operators(grid, size)
+    expected = upsample_and_blur(maps, size, 4.0)
+    assert torch.allclose(operator_h @ maps @ operator_w.T, expected, atol=1e-5)
+
+
+def test_detector_heatmaps_match_reference(random_detector):
+    maps = torch.randn(2, 8, 8) * 3.0
+    size = random_detector.metadata.image_size
+    expected = upsample_and_blur(maps, (size, size), 4.0)
+    assert torch.allclose(random_detector.heatmaps(maps), expected, atol=1e-5)
 
 
 def test_heatmap_to_uint8():
