@@ -130,6 +130,7 @@ class FoldedScorer(nn.Module):
             hidden = hidden.view(count, layer_height, layer_width, -1).permute(0, 3, 1, 2)
             if (layer_height, layer_width) != grid:
                 hidden = F.interpolate(hidden, size=grid, mode="bilinear", align_corners=False)
+                hidden = hidden.to(dtype)  # autocast may run the resize in float32
             hidden = hidden.permute(0, 2, 3, 1).reshape(-1, hidden.shape[1])
             total = hidden if total is None else total.add_(hidden)
         if total is None:

@@ -41,3 +41,19 @@ def test_detector_scores_match_unfolded_path(random_detector, images):
         folded = detector.score_maps(batch)
     reference = reference.reshape(folded.shape)
     assert ((folded - reference).abs().max() / reference.abs().max()).item() < 1e-4
+
+
+def test_folded_scorer_runs_in_bfloat16_under_autocast():
+    """The CUDA path runs the scorer under bf16 autocast; every in-place step must agree on
+    one dtype. CPU autocast exercises the same code with bf16 maps."""
+    spec = BACKBONE_SPECS["efficientnet_lite0"]
+    aggregator = PatchFeatureAggregator(spec, common_dim=None, embed_dim=152)
+    scorer = fold_head(aggregator, randomized_head(embed_dim=152, hidden_dim=128, heads=3))
+    maps = [torch.randn(2, 40, 12, 12), torch.randn(2, 112, 6, 6)]
+    with torch.no_grad():
+        reference = scorer(maps)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = scorer([layer.bfloat16() for layer in maps])
+    assert low.dtype == torch.bfloat16
+    relative = (low.float() - reference).abs().max() / reference.abs().max()
+    assert relative.item() < 3e-2
