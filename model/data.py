@@ -6,10 +6,10 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torchvision.io import ImageReadMode, decode_image
 
 # torchvision 0.29 marks its image codecs deprecated in favour of torchcodec, which has no
@@ -56,12 +56,41 @@ def read_images(paths: Sequence[str | Path]) -> list[np.ndarray]:
     return [read_image(path) for path in paths]
 
 
-def read_mask(path: str | Path, size: int) -> np.ndarray:
-    """Reads a ground-truth mask resized (nearest) to ``size x size`` as bool."""
-    mask = read_image(path)[:, :, 0]
-    tensor = torch.from_numpy(mask).float()[None, None]
-    resized = F.interpolate(tensor, size=(size, size), mode="nearest")[0, 0]
-    return (resized > 127).numpy()
+def read_mask(path: str | Path) -> np.ndarray:
+    """Reads a ground-truth mask at its own size as bool (any non-zero pixel is defect).
+
+    Raises:
+        DatasetError: When the file is missing or cannot be decoded.
+    """
+    return read_image(path)[:, :, 0] > 127
+
+
+class EvaluationSample(Protocol):
+    """A labelled image for :func:`model.evaluation.evaluate`."""
+
+    @property
+    def defect_class(self) -> str:
+        """``good`` for normal images, else the defect type."""
+        ...
+
+    @property
+    def is_anomalous(self) -> bool:
+        """True for any class other than ``good``."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """Short unique name (``class/stem``) for overlays and reports."""
+        ...
+
+    @property
+    def has_mask(self) -> bool:
+        """True when :meth:`load` returns a ground-truth mask."""
+        ...
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Returns the ``HxWx3`` uint8 image and its ``HxW`` bool mask (or None)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +100,7 @@ class TestSample:
     Attributes:
         path: Image file.
         defect_class: Folder name under ``test/`` (``good`` for normal images).
-        mask_path: Ground-truth mask, or None for good images.
+        mask_path: Ground-truth mask, or None (good images, or data labelled per image).
     """
 
     path: Path
@@ -83,12 +112,61 @@ class TestSample:
         """True for any class other than ``good``."""
         return self.defect_class != "good"
 
+    @property
+    def name(self) -> str:
+        """``class/stem``."""
+        return f"{self.defect_class}/{self.path.stem}"
+
+    @property
+    def has_mask(self) -> bool:
+        """True when a mask file goes with the image."""
+        return self.mask_path is not None
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Reads the image and its mask (None without one)."""
+        mask = read_mask(self.mask_path) if self.mask_path is not None else None
+        return read_image(self.path), mask
+
+
+@dataclass(frozen=True)
+class InMemorySample:
+    """A labelled image held in memory (e.g. a synthetic defect).
+
+    Attributes:
+        image: ``HxWx3`` uint8.
+        mask: ``HxW`` bool, or None.
+        defect_class: ``good`` or the defect type.
+        name: Short unique name.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    defect_class: str
+    name: str
+
+    @property
+    def is_anomalous(self) -> bool:
+        """True for any class other than ``good``."""
+        return self.defect_class != "good"
+
+    @property
+    def has_mask(self) -> bool:
+        """True when a mask is held."""
+        return self.mask is not None
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Returns the held image and mask."""
+        return self.image, self.mask
+
 
 def list_test_samples(root: str | Path) -> list[TestSample]:
-    """Lists ``test/<class>/*`` images with their ``ground_truth/<class>/<stem>_mask.png``.
+    """Lists ``test/<class>/*`` images, with ``ground_truth/<class>/<stem>_mask.png`` masks.
+
+    A class without a ``ground_truth/<class>`` folder is labelled per image only (its
+    samples have no mask); a class with the folder must have a mask for every image.
 
     Raises:
-        DatasetError: When the layout is wrong or a defect image has no mask.
+        DatasetError: When the layout is wrong or a mask is missing from a mask folder.
     """
     root = Path(root)
     test_dir = root / "test"
@@ -96,10 +174,11 @@ def list_test_samples(root: str | Path) -> list[TestSample]:
         raise DatasetError(f"{root} has no test/ folder (MVTec AD layout expected)")
     samples = []
     for class_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        mask_dir = root / "ground_truth" / class_dir.name
         for image_path in list_images(class_dir):
             mask_path = None
-            if class_dir.name != "good":
-                mask_path = root / "ground_truth" / class_dir.name / f"{image_path.stem}_mask.png"
+            if class_dir.name != "good" and mask_dir.is_dir():
+                mask_path = mask_dir / f"{image_path.stem}_mask.png"
                 if not mask_path.is_file():
                     raise DatasetError(f"missing mask {mask_path} for {image_path}")
             samples.append(TestSample(image_path, class_dir.name, mask_path))
