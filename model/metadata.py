@@ -9,7 +9,10 @@ from typing import Any
 from model.errors import ArtifactError
 
 # 2: heads are an ensemble (members.<k>.* tensors), metadata gains heads and margin.
-ARTIFACT_FORMAT_VERSION = 2
+# 3: calibration for a target false-alarm rate (format 2's quantile q reads as rate 1 - q);
+#    the backbone layers are a choice of the fit, not fixed per backbone.
+ARTIFACT_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -21,23 +24,44 @@ class Calibration:
 
     Attributes:
         center: Median raw image score of the held-out good images.
-        threshold: Raw decision threshold (a quantile of the held-out good scores).
-        quantile: The quantile used for the threshold.
+        threshold: Raw decision threshold, set for ``target_false_alarm_rate``.
+        target_false_alarm_rate: Share of good images the threshold was set to let through
+            as false alarms (the line manager's operating point).
+        estimated_false_alarm_rate: The rate the held-out good scores predict at
+            ``threshold`` (the fitted tail's exceedance probability).
     """
 
     center: float
     threshold: float
-    quantile: float
+    target_false_alarm_rate: float
+    estimated_false_alarm_rate: float
 
     def __post_init__(self) -> None:
         if not self.threshold > self.center:
             raise ValueError(
                 f"calibration threshold {self.threshold} must exceed center {self.center}"
             )
+        for name in ("target_false_alarm_rate", "estimated_false_alarm_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
 
     def normalize(self, raw: Any) -> Any:
         """Applies the affine map to a float, numpy array or tensor."""
         return 0.5 * (raw - self.center) / (self.threshold - self.center)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Calibration:
+        """Reads the current form or format 2's (``quantile`` = 1 - target rate)."""
+        if "quantile" in raw and "target_false_alarm_rate" not in raw:
+            rate = 1.0 - float(raw["quantile"])
+            return cls(
+                center=raw["center"],
+                threshold=raw["threshold"],
+                target_false_alarm_rate=rate,
+                estimated_false_alarm_rate=rate,
+            )
+        return cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -112,7 +136,7 @@ class DetectorMetadata:
             if unknown or missing:
                 raise ValueError(f"unknown fields {sorted(unknown)}, missing {sorted(missing)}")
             raw["layers"] = tuple(str(layer) for layer in raw["layers"])
-            raw["calibration"] = Calibration(**raw["calibration"])
+            raw["calibration"] = Calibration.from_dict(raw["calibration"])
             raw["calibration_scores"] = tuple(float(v) for v in raw["calibration_scores"])
             for name in ("image_size", "common_dim", "embed_dim", "hidden_dim", "heads", "epochs"):
                 if name == "common_dim" and raw[name] is None:
