@@ -44,7 +44,7 @@ def _detector(backbone_name: str) -> AnomalyDetector:
         noise_sigma=0.015,
         feature_scale=1.0,
         epochs=1,
-        calibration=Calibration(0.0, 1.0, 0.99),
+        calibration=Calibration(0.0, 1.0, 0.01, 0.01),
         calibration_scores=(),
         train_image_count=0,
         holdout_image_count=0,

@@ -18,10 +18,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from model.backbones import BACKBONE_SPECS, FeatureBackbone, build_backbone
+from model.backbones import BACKBONES, FeatureBackbone, backbone_spec, build_backbone
 from model.detector import AnomalyDetector
 from model.errors import ArtifactError
-from model.metadata import ARTIFACT_FORMAT_VERSION, DetectorMetadata
+from model.metadata import ARTIFACT_FORMAT_VERSION, READABLE_FORMAT_VERSIONS, DetectorMetadata
 from model.network import HeadEnsemble
 
 FORMAT_NAME = "linewatch-simplenet"
@@ -109,21 +109,21 @@ def _verified(path: Path) -> tuple[DetectorMetadata, dict[str, torch.Tensor]]:
         raise ArtifactError(
             f"{path} is not a {FORMAT_NAME} artifact (format={header.get('format')!r})"
         )
-    if header.get("format_version") != str(ARTIFACT_FORMAT_VERSION):
+    if header.get("format_version") not in {str(v) for v in READABLE_FORMAT_VERSIONS}:
         raise ArtifactError(
             f"{path} has artifact format version {header.get('format_version')!r}; "
-            f"this code reads version {ARTIFACT_FORMAT_VERSION}"
+            f"this code reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
         )
     metadata_json = header.get("metadata", "")
     if header.get("sha256") != _digest(metadata_json, tensors):
         raise ArtifactError(f"{path} failed its checksum: the file was modified or is corrupt")
     metadata = DetectorMetadata.from_json(metadata_json)
-    if metadata.backbone not in BACKBONE_SPECS:
+    if metadata.backbone not in BACKBONES:
         raise ArtifactError(f"{path} needs unknown backbone {metadata.backbone!r}")
-    if tuple(metadata.layers) != BACKBONE_SPECS[metadata.backbone].layers:
-        raise ArtifactError(
-            f"{path} uses layers {metadata.layers} not offered by {metadata.backbone}"
-        )
+    try:
+        backbone_spec(metadata.backbone, metadata.layers)
+    except ValueError as error:
+        raise ArtifactError(f"{path} uses layers {metadata.layers}: {error}") from error
     return metadata, tensors
 
 
@@ -179,7 +179,12 @@ def load_artifact(
         raise ArtifactError(f"{path} does not match its metadata: {'; '.join(problems[:4])}")
     head.load_state_dict(tensors, strict=True)
     if backbone is None:
-        backbone = build_backbone(metadata.backbone, weights_path=backbone_weights)
-    elif backbone.spec.name != metadata.backbone:
-        raise ArtifactError(f"{path} needs backbone {metadata.backbone}, got {backbone.spec.name}")
+        backbone = build_backbone(
+            metadata.backbone, layers=metadata.layers, weights_path=backbone_weights
+        )
+    elif (backbone.spec.name, backbone.spec.layers) != (metadata.backbone, metadata.layers):
+        raise ArtifactError(
+            f"{path} needs backbone {metadata.backbone} {metadata.layers}, got "
+            f"{backbone.spec.name} {backbone.spec.layers}"
+        )
     return AnomalyDetector(backbone=backbone, head=head, metadata=metadata).to(device)

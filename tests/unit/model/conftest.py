@@ -18,17 +18,22 @@ def make_metadata(**overrides) -> DetectorMetadata:
         version="20260101T000000Z-deadbeef",
         product_line="line-a",
         backbone="efficientnet_lite0",
-        layers=("blocks4", "blocks10"),
+        layers=("blocks4", "blocks10", "blocks14"),
         image_size=64,
         common_dim=None,
-        embed_dim=152,
+        embed_dim=344,
         hidden_dim=64,
         heads=2,
         margin=0.5,
         noise_sigma=0.25,
         feature_scale=2.0,
         epochs=1,
-        calibration=Calibration(center=-1.0, threshold=0.0, quantile=0.99),
+        calibration=Calibration(
+            center=-1.0,
+            threshold=0.0,
+            target_false_alarm_rate=0.01,
+            estimated_false_alarm_rate=0.01,
+        ),
         calibration_scores=(0.1, 0.2),
         train_image_count=4,
         holdout_image_count=2,
@@ -41,7 +46,7 @@ def make_metadata(**overrides) -> DetectorMetadata:
 
 
 def randomized_head(
-    embed_dim: int = 152, hidden_dim: int = 64, seed: int = 0, heads: int = 2
+    embed_dim: int = 344, hidden_dim: int = 64, seed: int = 0, heads: int = 2
 ) -> HeadEnsemble:
     """An ensemble of untrained heads with non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)

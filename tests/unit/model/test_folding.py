@@ -1,22 +1,32 @@
 import pytest
 import torch
 
-from model.backbones import BACKBONE_SPECS
+from model.backbones import backbone_spec
 from model.features import PatchFeatureAggregator
 from model.folding import fold_head
 
 from .conftest import randomized_head
 
+TWO_LAYERS = ("blocks4", "blocks10")
+THREE_LAYERS = ("blocks4", "blocks10", "blocks14")
+
 
 @pytest.mark.parametrize(
-    ("common_dim", "embed_dim", "heads", "chunk_rows"),
-    [(None, 152, 3, 1024), (None, 152, 3, 50), (112, 224, 1, 1024)],
+    ("layers", "common_dim", "embed_dim", "heads", "chunk_rows"),
+    [
+        (TWO_LAYERS, None, 152, 3, 1024),
+        (TWO_LAYERS, None, 152, 3, 50),
+        (TWO_LAYERS, 112, 224, 1, 1024),
+        (THREE_LAYERS, None, 344, 2, 1024),
+        (THREE_LAYERS, None, 344, 2, 50),
+    ],
 )
-def test_folded_scores_match_unfolded(common_dim, embed_dim, heads, chunk_rows):
-    spec = BACKBONE_SPECS["efficientnet_lite0"]
+def test_folded_scores_match_unfolded(layers, common_dim, embed_dim, heads, chunk_rows):
+    spec = backbone_spec("efficientnet_lite0", layers)
     aggregator = PatchFeatureAggregator(spec, common_dim=common_dim, embed_dim=embed_dim)
     head = randomized_head(embed_dim=embed_dim, hidden_dim=128, heads=heads)
-    maps = [torch.randn(3, 40, 12, 12) * 2, torch.randn(3, 112, 6, 6) * 2]
+    grids = (12, 6, 3)
+    maps = [torch.randn(3, c, g, g) * 2 for c, g in zip(spec.channels, grids, strict=False)]
     with torch.no_grad():
         features = aggregator(maps)  # [B, E, h, w]
         flat = features.permute(0, 2, 3, 1).reshape(-1, embed_dim)
@@ -46,7 +56,7 @@ def test_detector_scores_match_unfolded_path(random_detector, images):
 def test_folded_scorer_runs_in_bfloat16_under_autocast():
     """The CUDA path runs the scorer under bf16 autocast; every in-place step must agree on
     one dtype. CPU autocast exercises the same code with bf16 maps."""
-    spec = BACKBONE_SPECS["efficientnet_lite0"]
+    spec = backbone_spec("efficientnet_lite0", TWO_LAYERS)
     aggregator = PatchFeatureAggregator(spec, common_dim=None, embed_dim=152)
     scorer = fold_head(aggregator, randomized_head(embed_dim=152, hidden_dim=128, heads=3))
     maps = [torch.randn(2, 40, 12, 12), torch.randn(2, 112, 6, 6)]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.backbones import BACKBONE_SPECS, build_backbone
+from model.backbones import backbone_spec, build_backbone
 from model.features import PatchFeatureAggregator, adaptive_pool_matrix, projection_matrices
 from model.loss import truncated_l1_loss
 from model.network import Discriminator, FeatureAdaptor, HeadEnsemble, SimpleNetHead
@@ -34,7 +34,7 @@ def test_pooling_up_leaves_dead_directions_and_concatenation_does_not():
 
 
 def test_aggregator_shapes_and_linearity():
-    spec = BACKBONE_SPECS["efficientnet_lite0"]
+    spec = backbone_spec("efficientnet_lite0", ("blocks4", "blocks10"))
     aggregator = PatchFeatureAggregator(spec, common_dim=112, embed_dim=224)
     maps_a = [torch.randn(2, 40, 8, 8), torch.randn(2, 112, 4, 4)]
     maps_b = [torch.randn(2, 40, 8, 8), torch.randn(2, 112, 4, 4)]
@@ -46,8 +46,21 @@ def test_aggregator_shapes_and_linearity():
 
 def test_backbone_shapes(lite0):
     maps = lite0(torch.randn(1, 3, 64, 64))
-    assert [tuple(m.shape) for m in maps] == [(1, 40, 8, 8), (1, 112, 4, 4)]
+    assert [tuple(m.shape) for m in maps] == [(1, 40, 8, 8), (1, 112, 4, 4), (1, 192, 2, 2)]
     assert not any(p.requires_grad for p in lite0.parameters())
+    two = build_backbone("efficientnet_lite0", layers=("blocks2", "blocks4"), pretrained=False)
+    assert [m.shape[1:] for m in two(torch.randn(1, 3, 64, 64))] == [(24, 16, 16), (40, 8, 8)]
+    assert len(two._blocks) == 5  # built only up to the last requested block
+
+
+def test_layer_choices_are_checked():
+    with pytest.raises(ValueError, match="no layer 'blocks99'"):
+        backbone_spec("efficientnet_lite0", ("blocks4", "blocks99"))
+    with pytest.raises(ValueError, match="network order"):
+        backbone_spec("efficientnet_lite0", ("blocks10", "blocks4"))
+    with pytest.raises(ValueError, match="unknown backbone"):
+        backbone_spec("resnet18")
+    assert backbone_spec("wide_resnet50_2").layers == ("layer2", "layer3")
 
 
 def test_wide_resnet_without_weights_names_the_file(tmp_path, monkeypatch):
@@ -58,6 +71,8 @@ def test_wide_resnet_without_weights_names_the_file(tmp_path, monkeypatch):
         build_backbone("wide_resnet50_2")
     random = build_backbone("wide_resnet50_2", pretrained=False)
     assert [m.shape[1] for m in random(torch.randn(1, 3, 64, 64))] == [512, 1024]
+    deep = build_backbone("wide_resnet50_2", layers=("layer3", "layer4"), pretrained=False)
+    assert [m.shape[1] for m in deep(torch.randn(1, 3, 64, 64))] == [1024, 2048]
 
 
 def test_head_shapes():
