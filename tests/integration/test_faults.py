@@ -24,12 +24,14 @@ import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.camera import CameraProducer
-from pipeline.kafka_io import BufferedFrameSink, KafkaRecordSink
-from pipeline.local_stack import LocalStack, free_port, redis_server_binary, wait_for_port
-from pipeline.redis_store import RedisKeys, RedisResultReader
+from devtools.local_stack import LocalStack, free_port, redis_server_binary, wait_for_port
+from devtools.synthetic import frame_sequence
+from pipeline.kafka.buffer import BufferedFrameSink
+from pipeline.kafka.producer import KafkaRecordSink
+from pipeline.redis.results import RedisResultReader
 from pipeline.settings import KafkaSettings
-from pipeline.synthetic import frame_sequence
+from pipeline.wire.layout import RedisKeys
+from workers.producer.camera import CameraProducer
 
 from .conftest import IMAGE_SIZE, Wiring
 from .test_pipeline import ListReader
@@ -267,7 +269,7 @@ def test_permanent_faults_exit_with_a_clear_message(wiring, tmp_path):
                                                  "LINEWATCH_REDIS__URL": wrong_url}),
             "missing topic (worker)": ("workers.inference", {
                 **wiring.env("w-topic"), "LINEWATCH_KAFKA__FRAMES_TOPIC": "no-such-topic"}),
-            "missing topic (producer)": ("pipeline.camera", {
+            "missing topic (producer)": ("workers.producer", {
                 "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": wiring.bootstrap,
                 "LINEWATCH_KAFKA__FRAMES_TOPIC": "no-such-topic",
                 "LINEWATCH_CAMERA_ID": "cam-a", "LINEWATCH_PRODUCT_LINE": "line-a",
