@@ -1,5 +1,8 @@
-# linewatch camera producer (one container per camera).
-#   docker build -f deploy/docker/producer.Dockerfile -t linewatch/producer:0.1.0 .
+# linewatch lite image: every process that never runs the model, so no torch in it.
+# Default: the camera producer (one container per camera). Also runs the dashboard
+# (`workers.dashboard`), the topics job (`workers.topics`), the alert subscriber and the
+# dead-letter tool: `command: ["workers.dashboard"]`.
+#   docker build -f deploy/docker/lite.Dockerfile -t linewatch/lite:0.1.0 .
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,14 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The package depends on torch (the model); the CPU build keeps this image small.
-RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
-
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY pipeline ./pipeline
 COPY workers ./workers
+# Without the [model] extra: torch, torchvision and safetensors are not installed.
 RUN pip install . && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin linewatch
 
 USER 10001
