@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.errors import ModelError
 from pipeline.errors import ModelNotFoundError
 from pipeline.files import atomic_path, atomic_write
 from pipeline.runtimes import Detector, ModelLoader
@@ -135,7 +134,7 @@ def list_versions(root: Path, line: str,
             continue
         try:
             created_at, error = read_created_at(path, line), None
-        except (ModelError, OSError, ValueError) as problem:
+        except default_runtime.LOAD_ERRORS as problem:
             created_at, error = "", str(problem)
         found.append(VersionInfo(version, path, created_at, version == current, error))
     found.sort(key=lambda info: (info.error is None, info.created_at, info.version))

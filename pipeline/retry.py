@@ -7,6 +7,8 @@ capped at ``max_s``, back to ``initial_s`` after a success. Two shapes use it:
 * :func:`retry` repeats one call until it succeeds, or until a stop event, a give-up
   check or a permanent error ends it (waiting for topics, reopening a camera, storing a
   batch, listening for model events);
+* :func:`repeat_until_stopped` runs one step of a follower loop over and over, waiting
+  out outages between steps (the alert subscriber, the drift monitor);
 * a loop that retries across its own turns keeps a :class:`Backoff` and asks it for the
   next delay (the producer's sender thread, the worker's connection attempts).
 """
@@ -111,3 +113,26 @@ def retry(call: Callable[[], T], *, retry_on: tuple[type[BaseException], ...],
             continue
         backoff.reset()
         return result
+
+
+def repeat_until_stopped(step: Callable[[], object], *, stop: threading.Event,
+                         retry_on: tuple[type[BaseException], ...], backoff: Backoff,
+                         what: str) -> None:
+    """Run ``step`` until ``stop`` is set; after a transient error wait a backoff delay.
+
+    Args:
+        step: One turn of the loop (it should not block much longer than a second).
+        stop: Ends the loop (checked between steps and during waits).
+        retry_on: Transient errors; any other error propagates.
+        backoff: Delays after consecutive failures (reset by a successful step).
+        what: What the loop does, for the log line.
+    """
+    while not stop.is_set():
+        try:
+            step()
+        except retry_on as error:
+            delay = backoff.next_delay()
+            logger.warning("%s failed (%s); retrying in %.1fs", what, error, delay)
+            stop.wait(delay)
+            continue
+        backoff.reset()

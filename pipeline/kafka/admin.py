@@ -7,9 +7,10 @@ the local stack (``devtools.local_stack``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -32,15 +33,26 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _admin(kafka: KafkaSettings, timeout_ms: int | None = None) -> KafkaAdminClient:
+@contextlib.contextmanager
+def _admin(kafka: KafkaSettings, what: str,
+           timeout_ms: int | None = None) -> Iterator[KafkaAdminClient]:
+    """An admin client whose failures become the project's errors; closed afterwards."""
     options = {} if timeout_ms is None else {"bootstrap_timeout_ms": timeout_ms}
     try:
-        return KafkaAdminClient(**kafka.client_kwargs(), **options)
+        admin = KafkaAdminClient(**kafka.client_kwargs(), **options)
     except PERMANENT_ERRORS as error:
         raise ConfigurationError(f"Kafka refused our credentials: {error}") from error
     except KafkaError as error:
         raise TransportUnavailableError(
             f"Kafka at {kafka.bootstrap_servers} cannot be reached: {error}") from error
+    try:
+        yield admin
+    except PERMANENT_ERRORS as error:
+        raise ConfigurationError(f"Kafka refused to {what}: {error}") from error
+    except KafkaError as error:
+        raise TransportUnavailableError(f"Kafka could not {what}: {error}") from error
+    finally:
+        admin.close()
 
 
 def require_topics(kafka: KafkaSettings, topics: Iterable[str],
@@ -58,15 +70,9 @@ def require_topics(kafka: KafkaSettings, topics: Iterable[str],
         TransportUnavailableError: The broker cannot be reached right now.
     """
     wanted = set(topics)
-    admin = _admin(kafka, int((timeout_s or kafka.request_timeout_ms / 1000.0) * 1000))
-    try:
+    timeout_ms = int((timeout_s or kafka.request_timeout_ms / 1000.0) * 1000)
+    with _admin(kafka, "list topics", timeout_ms) as admin:
         existing = set(admin.list_topics())
-    except PERMANENT_ERRORS as error:
-        raise ConfigurationError(f"Kafka refused to list topics: {error}") from error
-    except KafkaError as error:
-        raise TransportUnavailableError(f"Kafka metadata request failed: {error}") from error
-    finally:
-        admin.close()
     missing = sorted(wanted - existing)
     if missing:
         raise ConfigurationError(
@@ -112,8 +118,7 @@ def ensure_topics(kafka: KafkaSettings, partitions: Mapping[str, int],
         ConfigurationError: The broker refused our credentials or the request.
         TransportUnavailableError: The broker cannot be reached.
     """
-    admin = _admin(kafka)
-    try:
+    with _admin(kafka, "create topics") as admin:
         existing = set(admin.list_topics())
         wanted = [NewTopic(name, count, replication_factor, topic_configs=dict(configs or {}))
                   for name, count in partitions.items() if name not in existing]
@@ -124,12 +129,6 @@ def ensure_topics(kafka: KafkaSettings, partitions: Mapping[str, int],
                 logger.debug("topics created concurrently")
             logger.info("created topics %s", {t.name: t.num_partitions for t in wanted})
         described = admin.describe_topics(list(partitions))
-    except PERMANENT_ERRORS as error:
-        raise ConfigurationError(f"Kafka refused to create topics: {error}") from error
-    except KafkaError as error:
-        raise TransportUnavailableError(f"Kafka admin request failed: {error}") from error
-    finally:
-        admin.close()
     # kafka-python names the field "name" (newer protocol versions) or "topic"
     return {topic.get("name") or topic["topic"]: len(topic.get("partitions") or [])
             for topic in described}

@@ -17,7 +17,7 @@ import redis
 
 from pipeline.redis.client import UNREACHABLE_ERRORS
 from pipeline.redis.streams import StreamGroupReader
-from pipeline.retry import Backoff
+from pipeline.retry import Backoff, repeat_until_stopped
 from pipeline.wire.layout import RedisKeys
 from pipeline.wire.messages import ResultMessage
 
@@ -58,16 +58,8 @@ class AlertSubscriber:
 
     def run(self, stop: threading.Event) -> None:
         """Resume pending alerts, then follow new ones until ``stop``."""
-        backoff = Backoff(0.5, 10.0)
-        while not stop.is_set():
-            try:
-                self.poll()
-            except UNREACHABLE_ERRORS as error:
-                delay = backoff.next_delay()
-                logger.warning("Redis unavailable (%s); retrying in %.1fs", error, delay)
-                stop.wait(delay)
-                continue
-            backoff.reset()
+        repeat_until_stopped(self.poll, stop=stop, retry_on=UNREACHABLE_ERRORS,
+                             backoff=Backoff(0.5, 10.0), what="reading alerts")
 
 
 def print_alert(alert: ResultMessage) -> None:

@@ -29,7 +29,7 @@ from model.errors import ModelError
 from pipeline.errors import SchemaError
 from pipeline.redis.client import UNREACHABLE_ERRORS
 from pipeline.redis.streams import StreamGroupReader
-from pipeline.retry import Backoff
+from pipeline.retry import Backoff, repeat_until_stopped
 from pipeline.runtimes import pytorch
 from pipeline.wire.layout import RedisKeys, artifact_path
 from pipeline.wire.messages import ResultMessage
@@ -307,13 +307,5 @@ class DriftMonitor:
         Args:
             stop: Set by the signal handler to end the loop after the batch in hand.
         """
-        backoff = Backoff(0.5, 10.0)
-        while not stop.is_set():
-            try:
-                self.poll_once()
-            except UNREACHABLE_ERRORS as error:
-                delay = backoff.next_delay()
-                logger.warning("redis unavailable (%s); retrying in %.1fs", error, delay)
-                stop.wait(delay)
-                continue
-            backoff.reset()
+        repeat_until_stopped(self.poll_once, stop=stop, retry_on=UNREACHABLE_ERRORS,
+                             backoff=Backoff(0.5, 10.0), what="reading results")
