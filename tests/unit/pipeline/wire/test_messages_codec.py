@@ -1,5 +1,6 @@
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -118,3 +119,14 @@ def test_result_json_round_trip_and_version_check():
     data["schema_version"] = 99
     with pytest.raises(SchemaError):
         ResultMessage.from_json(json.dumps(data))
+
+
+def test_published_heatmap_png_scale():
+    from pipeline.wire.codec import encode_heatmap_png, heatmap_to_uint8
+
+    values = np.array([[-0.5, 0.0, 0.5, 1.0, 3.0]], np.float32)
+    assert heatmap_to_uint8(values).tolist() == [[0, 0, 127, 255, 255]]
+    png = encode_heatmap_png(np.tile(values, (4, 1)))
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert png.startswith(b"\x89PNG") and decoded.dtype == np.uint8 and decoded.ndim == 2
+    assert decoded[0].tolist() == [0, 0, 127, 255, 255]
