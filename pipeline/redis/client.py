@@ -28,25 +28,26 @@ UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def connect(settings: RedisSettings, blocking_ms: int = 0) -> redis.Redis:
+def connect(settings: RedisSettings, blocking_ms: int = 0, retries: int = 2) -> redis.Redis:
     """A lazily connecting client that returns bytes (frames and heatmaps are binary).
 
     Args:
         settings: Redis section of a process's settings (URL, timeouts).
         blocking_ms: Longest blocking read this client makes (``XREADGROUP BLOCK``); the
             socket timeout is raised by as much, so a quiet stream is not a timeout.
+        retries: Quick internal retries of a failed command (a probe or a page request
+            must answer within about a second; longer outages are retried by the caller
+            with :mod:`pipeline.retry`).
 
     Returns:
-        The client (no I/O until first use). Two quick internal retries at most: a
-        probe or a page request must answer within about a second; longer outages are
-        retried by the caller with :mod:`pipeline.retry`.
+        The client (no I/O until first use).
     """
     timeout_s = settings.socket_timeout_s + blocking_ms / 1000.0
     return redis.Redis.from_url(
         settings.url.get_secret_value(),
         socket_timeout=timeout_s,
         socket_connect_timeout=settings.socket_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
     )
 
 
@@ -60,10 +61,8 @@ def ping(client: redis.Redis) -> bool:
 
 
 def answers(url: str, timeout_s: float = 1.0) -> bool:
-    """Whether a Redis server answers PING at ``url`` (no retry)."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                  socket_connect_timeout=timeout_s,
-                                  retry=Retry(ExponentialBackoff(), 0))
+    """Whether a Redis server answers PING at ``url`` now (no retry, nothing logged)."""
+    client = connect(RedisSettings(url=url, socket_timeout_s=timeout_s), retries=0)
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):
