@@ -33,15 +33,16 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools.local_stack import LocalStack, free_port  # noqa: E402
+from devtools.synthetic import frame_sequence, good_frames  # noqa: E402
 from model.trainer import FitConfig, fit_detector  # noqa: E402
-from pipeline.codec import encode_image  # noqa: E402
-from pipeline.kafka_io import KafkaRecordSink  # noqa: E402
-from pipeline.local_stack import LocalStack, free_port  # noqa: E402
-from pipeline.messages import Encoding, FrameMessage  # noqa: E402
+from pipeline.kafka.producer import KafkaRecordSink  # noqa: E402
 from pipeline.model_store import publish_model  # noqa: E402
-from pipeline.redis_store import RedisKeys, RedisResultReader  # noqa: E402
+from pipeline.redis.results import RedisResultReader  # noqa: E402
 from pipeline.settings import KafkaSettings  # noqa: E402
-from pipeline.synthetic import frame_sequence, good_frames  # noqa: E402
+from pipeline.wire.codec import encode_image  # noqa: E402
+from pipeline.wire.layout import RedisKeys  # noqa: E402
+from pipeline.wire.messages import Encoding, FrameMessage  # noqa: E402
 
 LINE = "bench-line"
 

@@ -1,11 +1,6 @@
 """Model store: versioned artifacts per product line in a directory, loaded on demand.
 
-Layout (docs/contracts.md)::
-
-    <store>/<line>/versions/<version>.safetensors   # artifact, written once, never modified
-    <store>/<line>/versions/<version>.json          # trainer report (optional, written once)
-    <store>/<line>/current        # text file holding the current version, replaced atomically
-
+Paths: :mod:`pipeline.wire.layout`; the rules for an object store: docs/contracts.md.
 Only whole-object writes are used (write a temporary name, then rename), the pointer is
 written after the artifact it names, and listing is a prefix listing of ``versions/``, so
 an object store (one PUT per object, atomic per key) can back the same layout.
@@ -18,103 +13,30 @@ at most every ``refresh_s`` seconds, and at once when :meth:`ModelStore.refresh`
 from __future__ import annotations
 
 import logging
-import os
-import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
-from model.errors import ModelError
 from pipeline.errors import ModelNotFoundError
-from pipeline.messages import validate_id
+from pipeline.files import atomic_path, atomic_write
+from pipeline.runtimes import Detector, ModelLoader
+from pipeline.runtimes import pytorch as default_runtime
+from pipeline.wire.layout import (
+    ARTIFACT_SUFFIX,
+    artifact_path,
+    check_version,
+    current_path,
+    is_version,
+    report_path,
+    versions_dir,
+)
+from pipeline.wire.messages import validate_id
 
 logger = logging.getLogger(__name__)
-
-_VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-ARTIFACT_SUFFIX = ".safetensors"
-REPORT_SUFFIX = ".json"
-
-
-class PredictionLike(Protocol):
-    """What a detector's ``predict`` returns (see ``model.detector.Prediction``)."""
-
-    scores: np.ndarray  # [B]
-    normalized_scores: np.ndarray  # [B]
-    labels: np.ndarray  # [B] bool
-    heatmaps: np.ndarray  # [B, S, S] float32, normalised scale
-
-
-class MetadataLike(Protocol):
-    """The metadata fields the pipeline reads."""
-
-    version: str
-    product_line: str
-    image_size: int
-
-
-class Detector(Protocol):
-    """The slice of ``model.detector.AnomalyDetector`` the worker needs."""
-
-    metadata: Any
-
-    def predict(self, images: Sequence[np.ndarray]) -> PredictionLike:
-        """Score HxWx3 uint8 RGB images."""
-        ...
-
-
-ModelLoader = Callable[[Path, str, str], Detector]
-"""``(artifact path, device, product line) -> Detector``."""
-
-
-def load_with_model_package(path: Path, device: str, line: str) -> Detector:
-    """Default loader: ``model.artifact.load_artifact`` (checksum-verified, no pickle)."""
-    from model.artifact import load_artifact
-
-    return load_artifact(path, device=device, expected_product_line=line)
-
-
-def artifact_loader(expected_backbone: str | None = None) -> ModelLoader:
-    """A loader like :func:`load_with_model_package` that also refuses other backbones.
-
-    Args:
-        expected_backbone: Backbone every artifact must be fitted on (None: any).
-    """
-
-    def load(path: Path, device: str, line: str) -> Detector:
-        from model.artifact import load_artifact
-
-        return load_artifact(path, device=device, expected_product_line=line,
-                             expected_backbone=expected_backbone)
-
-    return load
-
-
-def resolve_device(device: str) -> str:
-    """Map ``auto`` to ``cuda`` when a GPU is present, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _check_version(version: str) -> str:
-    if not _VERSION_PATTERN.match(version):
-        raise ValueError(f"model version {version!r} is not a safe file name")
-    return version
-
-
-def artifact_path(root: Path, line: str, version: str) -> Path:
-    """Where a line's version lives."""
-    return root / validate_id(line, "product line") / "versions" / (
-        _check_version(version) + ARTIFACT_SUFFIX)
 
 
 def set_current(root: Path, line: str, version: str) -> None:
@@ -126,13 +48,7 @@ def set_current(root: Path, line: str, version: str) -> None:
     target = artifact_path(root, line, version)
     if not target.is_file():
         raise FileNotFoundError(f"{target} does not exist")
-    line_dir = root / line
-    fd, tmp = tempfile.mkstemp(dir=line_dir, prefix=".current-")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(version + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, line_dir / "current")
+    atomic_write(current_path(root, line), version + "\n")
 
 
 def publish_model(root: Path, detector: Any, save: Callable[[Any, Path], None] | None = None,
@@ -142,29 +58,20 @@ def publish_model(root: Path, detector: Any, save: Callable[[Any, Path], None] |
     Args:
         root: Store directory.
         detector: Fitted detector (``metadata.product_line`` and ``metadata.version``).
-        save: Saver; defaults to ``model.artifact.save_artifact``.
+        save: Saver; defaults to the PyTorch runtime's (``model.artifact.save_artifact``).
         make_current: Also point the line's ``current`` at it.
 
     Returns:
         The artifact path.
     """
-    if save is None:
-        from model.artifact import save_artifact as save
     line = detector.metadata.product_line
     version = str(detector.metadata.version)
     target = artifact_path(root, line, version)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    save(detector, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        (save or default_runtime.save)(detector, tmp)
     if make_current:
         set_current(root, line, version)
     return target
-
-
-def report_path(root: Path, line: str, version: str) -> Path:
-    """Where the trainer's report of a version lives (next to its artifact)."""
-    return artifact_path(root, line, version).with_suffix(REPORT_SUFFIX)
 
 
 def read_current(root: Path, line: str) -> str | None:
@@ -174,10 +81,10 @@ def read_current(root: Path, line: str) -> str | None:
         ValueError: The pointer holds something that is not a version name.
     """
     try:
-        text = (Path(root) / validate_id(line, "product line") / "current").read_text()
+        text = current_path(root, line).read_text()
     except FileNotFoundError:
         return None
-    return _check_version(text.strip())
+    return check_version(text.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,47 +106,35 @@ class VersionInfo:
     error: str | None = None
 
 
-def _verified_created_at(path: Path, line: str) -> str:
-    """``created_at`` of a verified artifact of ``line`` (checksum checked, no tensors built).
-
-    Raises:
-        ModelError: Corrupt, tampered or not an artifact of this line.
-    """
-    from model.artifact import read_metadata
-    from model.errors import ArtifactError
-
-    metadata = read_metadata(path)
-    if metadata.product_line != line:
-        raise ArtifactError(f"{path} is a model for line {metadata.product_line!r}")
-    return metadata.created_at
-
-
 MetadataReader = Callable[[Path, str], str]
 """``(artifact path, line) -> created_at``; raises when the artifact is unusable."""
 
+#: The default reader: the PyTorch runtime's verified header.
+VERIFIED: MetadataReader = default_runtime.verified_created_at
+
 
 def list_versions(root: Path, line: str,
-                  read_created_at: MetadataReader = _verified_created_at) -> list[VersionInfo]:
+                  read_created_at: MetadataReader = VERIFIED) -> list[VersionInfo]:
     """Every artifact of a line, oldest first (by creation time, then name).
 
     Each artifact's header is verified; an unusable one is listed with its ``error`` and
     sorted first (it can be neither served nor rolled back to).
     """
-    versions_dir = Path(root) / validate_id(line, "product line") / "versions"
+    folder = versions_dir(root, line)
     try:
         current = read_current(root, line)
     except ValueError:
         current = None
     found: list[VersionInfo] = []
-    if not versions_dir.is_dir():
+    if not folder.is_dir():
         return found
-    for path in versions_dir.glob("*" + ARTIFACT_SUFFIX):
+    for path in folder.glob("*" + ARTIFACT_SUFFIX):
         version = path.name.removesuffix(ARTIFACT_SUFFIX)
-        if not _VERSION_PATTERN.match(version):
+        if not is_version(version):
             continue
         try:
             created_at, error = read_created_at(path, line), None
-        except (ModelError, OSError, ValueError) as problem:
+        except default_runtime.LOAD_ERRORS as problem:
             created_at, error = "", str(problem)
         found.append(VersionInfo(version, path, created_at, version == current, error))
     found.sort(key=lambda info: (info.error is None, info.created_at, info.version))
@@ -247,7 +142,7 @@ def list_versions(root: Path, line: str,
 
 
 def rollback(root: Path, line: str, to: str | None = None,
-             read_created_at: MetadataReader = _verified_created_at) -> tuple[str | None, str]:
+             read_created_at: MetadataReader = VERIFIED) -> tuple[str | None, str]:
     """Point a line back at an earlier version (one atomic pointer write).
 
     Args:
@@ -281,7 +176,7 @@ def rollback(root: Path, line: str, to: str | None = None,
 
 
 def prune_versions(root: Path, line: str, keep: int,
-                   read_created_at: MetadataReader = _verified_created_at) -> list[str]:
+                   read_created_at: MetadataReader = VERIFIED) -> list[str]:
     """Delete all but the newest ``keep`` versions of a line (the current one always stays).
 
     Unusable artifacts count as oldest and go first. Workers that already loaded a deleted
@@ -311,15 +206,16 @@ class ModelStore:
 
     Args:
         root: Store directory.
-        loader: ``(path, device, line) -> Detector``.
+        loader: ``(path, device, line) -> Detector`` (a runtime's, see
+            :mod:`pipeline.runtimes`).
         device: Device to load on.
         cache_size: Most models kept loaded.
         refresh_s: How often the ``current`` pointer is re-read per line.
         on_loaded: Called with (line, version) after each load.
     """
 
-    def __init__(self, root: Path, loader: ModelLoader = load_with_model_package,
-                 device: str = "cpu", cache_size: int = 4, refresh_s: float = 5.0,
+    def __init__(self, root: Path, loader: ModelLoader, device: str = "cpu",
+                 cache_size: int = 4, refresh_s: float = 5.0,
                  on_loaded: Callable[[str, str], None] | None = None) -> None:
         self.root = Path(root)
         self._loader = loader
@@ -432,7 +328,7 @@ class ModelStore:
                 return RuntimeError("loading failed recently; retrying later")
             try:
                 self._load(key)
-            except (ModelError, OSError, ValueError, RuntimeError) as error:
+            except default_runtime.LOAD_ERRORS as error:
                 with self._lock:
                     self._failed[key] = time.monotonic()
                 logger.error("cannot load model %s of line %s: %s", key[1], key[0], error)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.settings_catalog import render_markdown  # noqa: E402
+from devtools.settings_catalog import render_markdown  # noqa: E402
 
 DOC_PATH = ROOT / "docs" / "configuration.md"
 

@@ -8,11 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.codec import encode_image
 from pipeline.errors import ModelNotFoundError, TransportUnavailableError
-from pipeline.kafka_io import ConsumedRecord
-from pipeline.messages import Encoding, FrameMessage
-from pipeline.redis_store import StoredResult
+from pipeline.wire.codec import encode_image
+from pipeline.wire.messages import ConsumedRecord, Encoding, FrameMessage, StoredResult
 
 
 @dataclass

@@ -1,5 +1,6 @@
-# linewatch CPU image: inference worker by default; also runs the dashboard and the drift
-# monitor (`command: ["workers.dashboard"]`). Build from the repository root:
+# linewatch CPU image: inference worker by default; also runs the drift monitor
+# (`command: ["workers.drift_monitor"]`), which reads the model artifacts. Build from the
+# repository root:
 #   docker build -f deploy/docker/worker-cpu.Dockerfile -t linewatch/worker-cpu:0.1.0 .
 FROM python:3.11-slim-bookworm
 
@@ -8,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# CPU build of torch first, so `pip install .` does not pull the CUDA build from PyPI.
+# CPU build of torch first, so `pip install ".[model]"` does not pull the CUDA build.
 RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
 
 WORKDIR /app
@@ -16,7 +17,12 @@ COPY pyproject.toml README.md ./
 COPY model ./model
 COPY pipeline ./pipeline
 COPY workers ./workers
-RUN pip install . && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin linewatch
+# [model]: torch (installed above from the right index), torchvision, safetensors, weights.
+# /models is created here owned by the process's user, so an empty named volume mounted
+# there (compose) starts writable for uid 10001 instead of root-owned.
+RUN pip install ".[model]" \
+    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin linewatch \
+    && mkdir -p /models && chown 10001:10001 /models
 
 USER 10001
 # Probes must reach the endpoint from outside the container's loopback.

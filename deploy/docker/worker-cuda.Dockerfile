@@ -24,7 +24,12 @@ COPY pyproject.toml README.md ./
 COPY model ./model
 COPY pipeline ./pipeline
 COPY workers ./workers
-RUN pip install . && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin linewatch
+# [model]: torch (installed above from the right index), torchvision, safetensors, weights.
+# /models is created here owned by the process's user, so an empty named volume mounted
+# there (compose) starts writable for uid 10001 instead of root-owned.
+RUN pip install ".[model]" \
+    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin linewatch \
+    && mkdir -p /models && chown 10001:10001 /models
 
 USER 10001
 ENV LINEWATCH_HTTP__HOST=0.0.0.0 \

@@ -12,23 +12,19 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.local_stack import (
+from devtools.local_stack import (
     create_topics,
     free_port,
     redis_answers,
     start_redis,
     start_tansu,
 )
+from devtools.synthetic import good_frames
 from pipeline.model_store import publish_model
-from pipeline.settings import (
-    BatchingSettings,
-    HttpSettings,
-    KafkaSettings,
-    RedisSettings,
-    WorkerSettings,
-)
-from pipeline.synthetic import good_frames
-from workers.inference import InferenceWorker, build_worker
+from pipeline.settings import HttpSettings, KafkaSettings, RedisSettings
+from workers.inference.main import build_worker
+from workers.inference.settings import BatchingSettings, WorkerSettings
+from workers.inference.worker import InferenceWorker
 
 IMAGE_SIZE = 128
 LINES = ("line-a", "line-b")

@@ -24,12 +24,15 @@ import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.camera import CameraProducer
-from pipeline.kafka_io import BufferedFrameSink, KafkaRecordSink
-from pipeline.local_stack import LocalStack, free_port, redis_server_binary, wait_for_port
-from pipeline.redis_store import RedisKeys, RedisResultReader
+from devtools.local_stack import LocalStack, free_port, redis_server_binary, wait_for_port
+from devtools.synthetic import frame_sequence
+from pipeline.kafka.buffer import BufferedFrameSink
+from pipeline.kafka.producer import KafkaRecordSink
+from pipeline.observability import metric_total
+from pipeline.redis.results import RedisResultReader
 from pipeline.settings import KafkaSettings
-from pipeline.synthetic import frame_sequence
+from pipeline.wire.layout import RedisKeys
+from workers.producer.camera import CameraProducer
 
 from .conftest import IMAGE_SIZE, Wiring
 from .test_pipeline import ListReader
@@ -90,6 +93,10 @@ def own_redis(tmp_path) -> Iterator[OwnRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def _metric(running, name: str) -> float:
+    return metric_total(running.worker.metrics.registry, name)
 
 
 def _stream_ids(url: str, prefix: str, line: str, camera: str = "cam-a") -> list[str]:
@@ -162,7 +169,7 @@ def test_redis_outage_pauses_commits_nothing_unstored_and_resumes(wiring, own_re
     while time.monotonic() - down_at < 5.0:
         committed_while_down.append(sum(_committed(w.bootstrap, w.group,
                                                    w.frames_topic).values()))
-        paused_seen |= running.worker.metrics.paused.value() == 1
+        paused_seen |= _metric(running, "linewatch_worker_paused") == 1
         time.sleep(0.25)
     at_crash = _stored_at_crash(own_redis, w.prefix, "line-a")
     assert running.thread.is_alive() and running.worker.fatal_error is None, "still running"
@@ -174,14 +181,14 @@ def test_redis_outage_pauses_commits_nothing_unstored_and_resumes(wiring, own_re
     print(f"\n[redis outage 5.0s] frames produced {len(sent)}, results stored {len(ids)} "
           f"(stored at the crash {len(at_crash)}, most committed while down "
           f"{max(committed_while_down)}, paused while down: {paused_seen}, "
-          f"replays overwritten {running.worker.metrics.replays.total():g})")
+          f"replays overwritten {_metric(running, 'linewatch_worker_replayed_total'):g})")
     assert ids == [f.frame_id for f in sent], "every frame once, in order: 0 lost, 0 duplicated"
     # commits nothing it has not stored: one camera = one partition, so a committed offset
     # N means frames 0..N-1, which must all have been in Redis when it went down
     assert max(committed_while_down) <= len(at_crash)
     assert at_crash == ids[: len(at_crash)]
     assert paused_seen, "consumption paused while Redis was down"
-    assert running.worker.metrics.redis_up.value() == 1
+    assert _metric(running, "linewatch_worker_redis_up") == 1
     assert running.thread.is_alive(), "the worker never exited"
     client = redis.Redis.from_url(own_redis.url)
     keys = [k.decode() for k in client.scan_iter("*", count=1000)]
@@ -267,7 +274,7 @@ def test_permanent_faults_exit_with_a_clear_message(wiring, tmp_path):
                                                  "LINEWATCH_REDIS__URL": wrong_url}),
             "missing topic (worker)": ("workers.inference", {
                 **wiring.env("w-topic"), "LINEWATCH_KAFKA__FRAMES_TOPIC": "no-such-topic"}),
-            "missing topic (producer)": ("pipeline.camera", {
+            "missing topic (producer)": ("workers.producer", {
                 "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": wiring.bootstrap,
                 "LINEWATCH_KAFKA__FRAMES_TOPIC": "no-such-topic",
                 "LINEWATCH_CAMERA_ID": "cam-a", "LINEWATCH_PRODUCT_LINE": "line-a",

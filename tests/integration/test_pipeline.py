@@ -16,18 +16,19 @@ import pytest
 import redis
 from kafka import KafkaConsumer
 
-from pipeline.camera import CameraProducer, open_source
-from pipeline.codec import encode_image
-from pipeline.kafka_io import (
-    HEADER_DLQ_OFFSET,
-    HEADER_DLQ_REASON,
-    BufferedFrameSink,
-    KafkaRecordSink,
-)
-from pipeline.messages import Encoding, FrameMessage
+from devtools.synthetic import SyntheticFrame, frame_sequence, write_video
+from pipeline.kafka.buffer import BufferedFrameSink
+from pipeline.kafka.producer import KafkaRecordSink
 from pipeline.model_store import ModelStore
-from pipeline.redis_store import RedisKeys, RedisResultReader
-from pipeline.synthetic import SyntheticFrame, frame_sequence, write_video
+from pipeline.observability import metric_total
+from pipeline.redis.results import RedisResultReader
+from pipeline.runtimes import pytorch
+from pipeline.wire.codec import encode_image
+from pipeline.wire.dead_letters import HEADER_DLQ_OFFSET, HEADER_DLQ_REASON
+from pipeline.wire.layout import RedisKeys
+from pipeline.wire.messages import Encoding, FrameMessage
+from workers.producer.camera import CameraProducer
+from workers.producer.sources import open_source
 
 from .conftest import IMAGE_SIZE, LINES
 
@@ -89,7 +90,7 @@ def test_two_cameras_two_lines_exactly_one_result_each_in_order(wiring, start_wo
     total = sum(len(v) for v in sent.values())
     assert total == 2 * per_camera
     reader = wait_for_results(wiring, total)
-    store = ModelStore(wiring.store)
+    store = ModelStore(wiring.store, loader=pytorch.loader())
     for camera, line in CAMERAS.items():
         results = [r for r in reader.results(line) if r.camera_id == camera]
         ids = [r.frame_id for r in results]
@@ -236,19 +237,21 @@ def test_bad_input_goes_to_dead_letters_and_good_frames_get_results(wiring, star
     assert letters == offsets, "each bad record: its reason, its offset, its original bytes"
     assert len({reason for reason, _ in offsets.values()}) >= 10
     assert running.thread.is_alive() and running.worker.alive, "the worker never stopped"
-    assert running.worker.metrics.dead_letters.total() == len(bad)
+    assert metric_total(running.worker.metrics.registry,
+                        "linewatch_worker_dead_letters_total") == len(bad)
     print(f"frames produced {len(goods)} good + {len(bad)} bad; results {len(stored)}; "
           f"dead letters {len(letters)}")
 
 
 def test_alert_subscriber_acknowledges_and_resumes(wiring):
-    from pipeline.messages import ResultMessage, Timings
-    from pipeline.redis_store import RedisResultSink, StoredResult
-    from workers.alert_subscriber import AlertSubscriber
+    from pipeline.redis.results import RedisResultSink
+    from pipeline.settings import RedisSettings
+    from pipeline.wire.messages import ResultMessage, StoredResult, Timings
+    from workers.alert_subscriber.subscriber import AlertSubscriber
 
     client = redis.Redis.from_url(wiring.redis_url)
     keys = RedisKeys(wiring.prefix)
-    sink = RedisResultSink(wiring.redis_url, keys)
+    sink = RedisResultSink(RedisSettings(url=wiring.redis_url, key_prefix=wiring.prefix))
 
     def alert(i):
         return StoredResult(ResultMessage(f"f{i}", "cam-a", "line-a", time.time(), 1.0, 0.9,
@@ -265,7 +268,6 @@ def test_alert_subscriber_acknowledges_and_resumes(wiring):
         seen.append(a.frame_id)
 
     first = AlertSubscriber(client, keys, "line-a", "ops", "c1", flaky, block_ms=10)
-    first.ensure_group()
     with pytest.raises(RuntimeError):
         first.poll()
     # f0 was handled and acknowledged; f1 failed, f2 was delivered but not handled.

@@ -22,14 +22,15 @@ import numpy as np
 import pytest
 import redis
 
-from pipeline.codec import encode_image
-from pipeline.kafka_io import KafkaRecordSink
-from pipeline.local_stack import create_topics
-from pipeline.messages import Encoding, FrameMessage
+from devtools.local_stack import create_topics
+from devtools.synthetic import good_frames
+from pipeline.kafka.producer import KafkaRecordSink
 from pipeline.model_store import list_versions, read_current
-from pipeline.redis_store import RedisKeys, RedisResultReader
-from pipeline.synthetic import good_frames
-from workers import trainer
+from pipeline.redis.results import RedisResultReader
+from pipeline.wire.codec import encode_image
+from pipeline.wire.layout import RedisKeys
+from pipeline.wire.messages import Encoding, FrameMessage
+from workers.trainer import main as trainer
 
 from .conftest import IMAGE_SIZE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from pipeline.messages import ResultMessage, Timings
+from pipeline.wire.messages import ResultMessage, Timings
 
 LINE = "tiles"
 

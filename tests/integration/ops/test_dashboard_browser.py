@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import redis
 
-from pipeline.messages import ResultMessage, Timings
+from pipeline.redis.results import RedisResultReader
+from pipeline.wire.layout import RedisKeys
+from pipeline.wire.messages import ResultMessage, Timings
 from tests.integration.ops.webdriver import WebDriver, browser_missing_reason
-from workers.dashboard import DashboardServer
-from workers.dashboard_store import DashboardStore
+from workers.dashboard.server import DashboardServer
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,7 @@ def seed(client: redis.Redis, prefix: str) -> dict[str, object]:
 @pytest.fixture
 def dashboard(redis_client: redis.Redis, key_prefix: str) -> Iterator[DashboardServer]:
     server = DashboardServer(
-        ("127.0.0.1", 0), DashboardStore(redis_client, key_prefix), refresh_ms=500
+        ("127.0.0.1", 0), RedisResultReader(redis_client, RedisKeys(key_prefix)), refresh_ms=500
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import redis
 
-from pipeline.drift import DriftConfig
-from pipeline.observability import HealthServer, MetricsRegistry
+from pipeline.observability import HealthServer, new_registry
 from tests.integration.ops.results import LINE, publish_results
-from workers.drift_monitor import DriftMonitor
+from workers.drift_monitor.monitor import DriftMonitor
+from workers.drift_monitor.statistics import DriftConfig
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def setup(redis_client: redis.Redis, key_prefix: str):
     references = InMemoryReferences(
         {"v1": rng.normal(0.30, 0.06, 100), "v2": rng.normal(0.3, 0.06, 100)}
     )
-    registry = MetricsRegistry()
+    registry = new_registry()
     config = DriftConfig(
         window=300, min_samples=150, raise_above=0.3, clear_below=0.15, evaluate_every=10
     )
@@ -78,8 +78,8 @@ def test_normal_scores_raise_no_alert_shifted_scores_do(
     publish_results(redis_client, key_prefix, rng.normal(0.30, 0.06, 600), "v1", 0)
     assert _drain(monitor) == 600
     assert _events(redis_client, key_prefix) == []
-    assert monitor.metrics.active.value(line=LINE) == 0.0
-    assert monitor.metrics.results.value(line=LINE) == 600
+    assert registry.get_sample_value("linewatch_drift_active", {"line": LINE}) == 0.0
+    assert registry.get_sample_value("linewatch_drift_results_total", {"line": LINE}) == 600
 
     # Brighter frames: scores move up, most still under the 0.5 threshold (no frame alerts).
     shifted = rng.normal(0.42, 0.06, 400)
@@ -91,9 +91,9 @@ def test_normal_scores_raise_no_alert_shifted_scores_do(
     assert float(events[0]["statistic"]) >= 0.3
     assert float(events[0]["window_mean"]) > float(events[0]["reference_mean"])
     assert events[0]["model_version"] == "v1"
-    assert monitor.metrics.active.value(line=LINE) == 1.0
-    assert monitor.metrics.alerts.value(line=LINE) == 1.0
-    assert 'linewatch_drift_active{line="tiles"} 1' in registry.render()
+    assert registry.get_sample_value("linewatch_drift_active", {"line": LINE}) == 1.0
+    assert registry.get_sample_value("linewatch_drift_alerts_total", {"line": LINE}) == 1.0
+    assert registry.get_sample_value("linewatch_drift_active", {"line": LINE}) == 1.0
 
     # A retrained model (new version, new calibration) clears the alert and starts afresh.
     publish_results(redis_client, key_prefix, rng.normal(0.30, 0.06, 50), "v2", 1000)
@@ -111,12 +111,13 @@ def test_normal_scores_raise_no_alert_shifted_scores_do(
 def test_unknown_model_and_bad_results_are_counted_and_skipped(
     redis_client: redis.Redis, key_prefix: str, setup
 ) -> None:
-    monitor, _, references, rng = setup
+    monitor, registry, references, rng = setup
     publish_results(redis_client, key_prefix, rng.normal(0.3, 0.06, 20), "v-missing", 0)
     redis_client.xadd(f"{key_prefix}:results:{LINE}", {"result": b"{not json"})
     assert _drain(monitor) == 21
-    assert monitor.metrics.skipped.value(line=LINE, reason="no_reference") == 20
-    assert monitor.metrics.skipped.value(line=LINE, reason="bad_result") == 1
+    skipped = "linewatch_drift_skipped_total"
+    assert registry.get_sample_value(skipped, {"line": LINE, "reason": "no_reference"}) == 20
+    assert registry.get_sample_value(skipped, {"line": LINE, "reason": "bad_result"}) == 1
     # The missing reference is looked up once, not once per result.
     assert references.requests == [(LINE, "v-missing")]
 

@@ -13,10 +13,10 @@ import cv2
 import pytest
 import redis
 
-from pipeline.drift import DriftConfig
-from pipeline.observability import MetricsRegistry
+from pipeline.observability import new_registry
 from tests.integration.ops.results import LINE, publish_results
-from workers.drift_monitor import DriftMonitor, ModelStoreReference
+from workers.drift_monitor.monitor import DriftMonitor, ModelStoreReference
+from workers.drift_monitor.statistics import DriftConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,12 +68,13 @@ def test_shifted_real_frames_raise_drift_normal_ones_do_not(
     config = DriftConfig(
         window=80, min_samples=60, raise_above=0.3, clear_below=0.15, evaluate_every=10
     )
+    registry = new_registry()
     monitor = DriftMonitor(
         redis_client,
         key_prefix,
         ModelStoreReference(store),
         config,
-        MetricsRegistry(),
+        registry,
         group="drift-e2e",
         lines=[LINE],
         block_ms=50,
@@ -82,11 +83,11 @@ def test_shifted_real_frames_raise_drift_normal_ones_do_not(
     _drain(monitor)
     assert monitor.detector(LINE).sample_count == len(normal)
     assert _events(redis_client, key_prefix) == [], "unseen good tiles must not drift"
-    assert monitor.metrics.active.value(line=LINE) == 0.0
+    assert registry.get_sample_value("linewatch_drift_active", {"line": LINE}) == 0.0
 
     publish_results(redis_client, key_prefix, shifted, version, len(normal))
     _drain(monitor)
     assert _events(redis_client, key_prefix) == ["drift_started"]
-    assert monitor.metrics.active.value(line=LINE) == 1.0
+    assert registry.get_sample_value("linewatch_drift_active", {"line": LINE}) == 1.0
     evaluation = monitor.detector(LINE).last_evaluation
     assert evaluation.window_mean > evaluation.reference_mean

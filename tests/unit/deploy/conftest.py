@@ -2,60 +2,75 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import pytest
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
-from pipeline.settings_catalog import (
+from devtools.settings_catalog import (
     PROCESS_MODULES,
     SETTINGS_CLASSES,
     env_names,
-    env_vars,
     load_settings_class,
 )
-from tests.unit.deploy.deploy_files import ROOT, Dockerfile, dockerfiles
-
-#: Entry points written by other issues that are not in this checkout yet.
-PENDING_MODULES = {
-    "workers.inference": "inference worker (issue 3)",
-    "workers.producer": "camera producer (issue 3)",
-}
+from tests.unit.deploy.deploy_files import Dockerfile, dockerfiles
 
 MODULE_TO_PROCESS = {module: process for process, module in PROCESS_MODULES.items()}
 
+#: Stand-in for values a deploy file takes from the platform (fieldRef, resourceFieldRef).
+PLATFORM_VALUE = "from-the-platform"
 
-def module_exists(module: str) -> bool:
-    base = ROOT / Path(*module.split("."))
-    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Only these LINEWATCH_ variables set (others removed) while the block runs."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("LINEWATCH_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name in values:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
 
 
 class SettingsFacts:
-    """Valid and required LINEWATCH_ names per process, from the real settings classes."""
+    """Valid LINEWATCH_ names per process, and validation by the real settings classes."""
 
     def __init__(self) -> None:
-        self.valid: dict[str, set[str]] = {}
-        self.required: dict[str, set[str]] = {}
-        self.pending: set[str] = set()
+        self.classes: dict[str, type[BaseSettings]] = {}
         for process in SETTINGS_CLASSES:
             settings_class = load_settings_class(process)
-            if settings_class is None:
-                self.pending.add(process)
-                continue
-            self.valid[process] = env_names(settings_class)
-            self.required[process] = {v.name for v in env_vars(settings_class) if v.required}
+            assert settings_class is not None, f"{process}: {SETTINGS_CLASSES[process]} missing"
+            self.classes[process] = settings_class
+        self.valid = {process: env_names(cls) for process, cls in self.classes.items()}
         self.any_valid = set().union(*self.valid.values())
 
-    def check_names(self, process: str, names: set[str], where: str) -> None:
-        linewatch = {n for n in names if n.startswith("LINEWATCH_")}
-        valid = self.valid.get(process, self.any_valid)
-        unknown = sorted(linewatch - valid)
+    def check_names(self, process: str, own: set[str], shared: set[str], where: str) -> None:
+        """Names set for this process are its fields; shared ones are some process's."""
+        unknown = sorted({n for n in own if n.startswith("LINEWATCH_")} - self.valid[process])
         assert not unknown, f"{where}: {unknown} are not fields of the {process} settings"
+        unknown = sorted({n for n in shared if n.startswith("LINEWATCH_")} - self.any_valid)
+        assert not unknown, f"{where}: {unknown} are not fields of any process's settings"
 
-    def check_required(self, process: str, provided: set[str], where: str) -> None:
-        if process in self.pending:
-            return
-        missing = sorted(self.required[process] - provided)
-        assert not missing, f"{where}: required settings {missing} are not provided"
+    def check_valid(self, process: str, env: Mapping[str, str], where: str,
+                    tmp_dir: str) -> None:
+        """The process's settings class accepts exactly this environment (no .env file)."""
+        with environment(env):
+            cwd = os.getcwd()
+            os.chdir(tmp_dir)  # no stray .env
+            try:
+                self.classes[process]()
+            except ValidationError as error:
+                raise AssertionError(f"{where}: the {process} settings refuse this "
+                                     f"environment:\n{error}") from None
+            finally:
+                os.chdir(cwd)
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,12 @@ JSON 6902 patches), enough to check them without Docker or kubectl."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ class Dockerfile:
     user: str | None = None
     healthcheck: str = ""
     copies: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:
@@ -74,6 +78,8 @@ def read_dockerfile(path: Path) -> Dockerfile:
             parsed.healthcheck = rest
         elif keyword == "COPY":
             parsed.copies.append(rest)
+        elif keyword == "RUN":
+            parsed.runs.append(rest)
     return parsed
 
 
@@ -158,9 +164,49 @@ def _containers(document: dict[str, Any]) -> list[dict[str, Any]]:
     return spec.get("template", {}).get("spec", {}).get("containers", [])
 
 
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """Kubernetes strategic merge for the shapes used here: maps merge (``null`` deletes a
+    key), lists of maps with a ``name`` merge by name, other lists are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            elif key in merged:
+                merged[key] = strategic_merge(merged[key], value)
+            else:
+                merged[key] = copy.deepcopy(value)
+        return merged
+    named = (isinstance(base, list) and isinstance(patch, list)
+             and all(isinstance(x, dict) and "name" in x for x in base + patch))
+    if named:
+        by_name = {item["name"]: item for item in base}
+        patched = {item["name"]: strategic_merge(by_name.get(item["name"], {}), item)
+                   for item in patch}
+        # kustomize puts the patch's items first, then the untouched ones
+        return list(patched.values()) + [i for i in base if i["name"] not in patched]
+    return copy.deepcopy(patch)
+
+
+def _generated_secrets(kustomization: dict[str, Any]) -> list[dict[str, Any]]:
+    options = kustomization.get("generatorOptions", {})
+    if kustomization.get("secretGenerator") and not options.get("disableNameSuffixHash"):
+        raise ValueError("only generators with disableNameSuffixHash are rendered here")
+    secrets = []
+    for generator in kustomization.get("secretGenerator", []):
+        data = {}
+        for literal in generator.get("literals", []):
+            name, _, value = literal.partition("=")
+            data[name] = base64.b64encode(value.encode()).decode()
+        secrets.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                        "metadata": {"name": generator["name"]}, "data": data})
+    return secrets
+
+
 def render_kustomization(directory: Path) -> list[dict[str, Any]]:
-    """Build a kustomization the way ``kubectl kustomize`` would for the features used here
-    (resources, namespace, images, JSON 6902 patches with a target)."""
+    """Build a kustomization the way ``kubectl kustomize`` does for the features used here
+    (resources, namespace, labels, images, secret generators, strategic merge patches and
+    JSON 6902 patches with a target). ``render`` prefers kubectl where it is installed."""
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     documents: list[dict[str, Any]] = []
     for resource in kustomization.get("resources", []):
@@ -169,6 +215,10 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
             documents += render_kustomization(path)
         else:
             documents += copy.deepcopy(load_yaml_documents(path))
+    for group in kustomization.get("labels", []):
+        for document in documents:
+            document["metadata"].setdefault("labels", {}).update(group["pairs"])
+    documents += _generated_secrets(kustomization)
     namespace = kustomization.get("namespace")
     if namespace:
         for document in documents:
@@ -183,12 +233,34 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
                     tag = image.get("newTag")
                     container["image"] = f"{name}:{tag}" if tag else name
     for patch in kustomization.get("patches", []):
-        operations = yaml.safe_load(patch["patch"])
-        targets = [d for d in documents if _matches(d, patch["target"])]
-        if len(targets) != 1:
-            raise ValueError(f"patch target {patch['target']} matches {len(targets)} documents")
-        apply_json_patch(targets[0], operations)
+        body = yaml.safe_load(patch["patch"])
+        if isinstance(body, list):  # JSON 6902
+            targets = [d for d in documents if _matches(d, patch["target"])]
+            if len(targets) != 1:
+                raise ValueError(f"patch target {patch['target']} matches {len(targets)}")
+            apply_json_patch(targets[0], body)
+            continue
+        target = {"kind": body["kind"], "name": body["metadata"]["name"]}
+        index = next(i for i, d in enumerate(documents) if _matches(d, target))
+        documents[index] = strategic_merge(documents[index], body)
     return documents
+
+
+def kubectl() -> str | None:
+    """kubectl, when installed (``kubectl kustomize`` needs no cluster)."""
+    return shutil.which("kubectl")
+
+
+def kubectl_kustomize(directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize DIR``, parsed."""
+    done = subprocess.run([kubectl() or "kubectl", "kustomize", str(directory)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """The manifests of a kustomization: kubectl's build where kubectl exists, else ours."""
+    return kubectl_kustomize(directory) if kubectl() else render_kustomization(directory)
 
 
 def containers(document: dict[str, Any]) -> list[dict[str, Any]]:

@@ -12,9 +12,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pipeline.observability import HealthServer, MetricsRegistry
-from workers.dashboard import DashboardServer
-from workers.dashboard_store import DashboardStore
+from pipeline.observability import HealthServer, new_registry
+from pipeline.redis.results import RedisResultReader
+from pipeline.wire.layout import RedisKeys
+from workers.dashboard.server import DashboardServer
 
 #: Processes whose endpoints are served by pipeline.observability.HealthServer.
 HEALTH_SERVER_PROCESSES = {"worker", "producer", "drift-monitor"}
@@ -28,7 +29,8 @@ def serving(process: str) -> Iterator[str]:
         client = redis.Redis(
             host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
         )
-        server = DashboardServer(("127.0.0.1", 0), DashboardStore(client, "probe-check"))
+        server = DashboardServer(("127.0.0.1", 0), RedisResultReader(client,
+                                                                     RedisKeys("probe-check")))
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -39,7 +41,7 @@ def serving(process: str) -> Iterator[str]:
         return
     if process not in HEALTH_SERVER_PROCESSES:
         raise ValueError(f"{process} serves no HTTP endpoints")
-    with HealthServer(MetricsRegistry(), is_alive=lambda: True, is_ready=lambda: False) as health:
+    with HealthServer(new_registry(), is_alive=lambda: True, is_ready=lambda: False) as health:
         yield f"http://127.0.0.1:{health.port}"
 
 

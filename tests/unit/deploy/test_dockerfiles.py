@@ -1,21 +1,19 @@
-"""Dockerfiles: entry points exist, settings env names exist, ports and health checks agree."""
+"""Dockerfiles: images, settings env names, ports, health checks, what each installs.
+
+That every image's entry point starts: test_entry_points.py."""
 
 from __future__ import annotations
 
 import re
 
-from tests.unit.deploy.conftest import (
-    MODULE_TO_PROCESS,
-    PENDING_MODULES,
-    SettingsFacts,
-    module_exists,
-)
-from tests.unit.deploy.deploy_files import ROOT, Dockerfile, python_module
+from tests.unit.deploy.conftest import MODULE_TO_PROCESS, SettingsFacts
+from tests.unit.deploy.deploy_files import ROOT, Dockerfile, load_compose, python_module
+from tests.unit.deploy.entry_points import has_model
 
 EXPECTED_IMAGES = {
     "linewatch/worker-cpu",
     "linewatch/worker-cuda",
-    "linewatch/producer",
+    "linewatch/lite",
     "linewatch/trainer",
 }
 
@@ -30,14 +28,39 @@ def test_cuda_images_use_a_cuda_base(images: dict[str, Dockerfile]) -> None:
     assert not any("cuda" in b for b in images["linewatch/worker-cpu"].base_images)
 
 
-def test_entry_points_are_real_modules(images: dict[str, Dockerfile]) -> None:
+def test_entry_points_are_processes(images: dict[str, Dockerfile]) -> None:
     for dockerfile in images.values():
         module = python_module(dockerfile.entrypoint + dockerfile.cmd)
         assert module is not None, f"{dockerfile.path.name}: not a python -m entry point"
         assert module in MODULE_TO_PROCESS, f"{dockerfile.path.name}: unknown process {module}"
-        assert module_exists(module) or module in PENDING_MODULES, (
-            f"{dockerfile.path.name}: {module} does not exist"
-        )
+
+
+def test_only_the_model_images_install_torch(images: dict[str, Dockerfile]) -> None:
+    for name, dockerfile in images.items():
+        torch_runs = [run for run in dockerfile.runs if "torch" in run]
+        if name == "linewatch/lite":
+            assert not has_model(dockerfile) and not torch_runs, name
+        else:
+            assert has_model(dockerfile) and torch_runs, name
+
+
+def test_named_volume_mount_points_belong_to_the_user(images: dict[str, Dockerfile]) -> None:
+    """An empty named volume takes the owner of the image's directory: a root-owned one
+    would keep the uid-10001 processes from writing (the trainer writes /models)."""
+    compose = load_compose()
+    named = set(compose.get("volumes", {}))
+    for service_name, service in compose["services"].items():
+        if not service["image"].startswith("linewatch/"):
+            continue
+        dockerfile = images[service["image"].split(":")[0]]
+        for mount in service.get("volumes", []):
+            source, target = mount.split(":")[:2]
+            if source not in named:
+                continue
+            created = [run for run in dockerfile.runs
+                       if f"mkdir -p {target}" in run and f"chown {dockerfile.user}" in run]
+            assert created, (f"{service_name}: {dockerfile.path.name} does not create "
+                             f"{target} owned by {dockerfile.user}")
 
 
 def test_copied_paths_exist(images: dict[str, Dockerfile]) -> None:
@@ -53,7 +76,7 @@ def test_env_names_are_settings_fields(
     for dockerfile in images.values():
         module = python_module(dockerfile.entrypoint + dockerfile.cmd)
         process = MODULE_TO_PROCESS[module]
-        settings_facts.check_names(process, set(dockerfile.env), dockerfile.path.name)
+        settings_facts.check_names(process, set(), set(dockerfile.env), dockerfile.path.name)
 
 
 def test_non_root_and_health_check_on_the_exposed_port(images: dict[str, Dockerfile]) -> None:

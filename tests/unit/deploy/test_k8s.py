@@ -11,20 +11,24 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.settings import WorkerSettings
-from tests.unit.deploy.conftest import MODULE_TO_PROCESS, PENDING_MODULES, SettingsFacts
+from tests.unit.deploy.conftest import MODULE_TO_PROCESS
 from tests.unit.deploy.deploy_files import (
     K8S,
     ROOT,
     Dockerfile,
     containers,
     image_repository,
+    kubectl,
+    kubectl_kustomize,
     load_yaml_documents,
     pod_spec,
     python_module,
+    render,
     render_kustomization,
 )
+from tests.unit.deploy.entry_points import external_secret_keys, kubernetes_environment
 from tests.unit.deploy.probe_servers import serving, status_of
+from workers.inference.settings import WorkerSettings
 
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 WORKLOAD_KINDS = {"Deployment", "CronJob"}
@@ -48,23 +52,25 @@ def _process(container: dict[str, Any], images: dict[str, Dockerfile]) -> str:
     return MODULE_TO_PROCESS[module]
 
 
-def _env_sources(
-    documents: list[dict[str, Any]], container: dict[str, Any]
-) -> tuple[set[str], set[str]]:
-    """(explicit env names, names from envFrom ConfigMaps/Secrets)."""
-    explicit = {e["name"] for e in container.get("env", [])}
-    from_refs: set[str] = set()
-    for source in container.get("envFrom", []):
-        for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
-            if key in source:
-                resource = _one(documents, kind, source[key]["name"])
-                from_refs |= set(resource.get("data", {})) | set(resource.get("stringData", {}))
-    return explicit, from_refs
-
-
 @pytest.fixture(scope="module", params=OVERLAYS, ids=lambda p: p.name)
 def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
-    return render_kustomization(request.param)
+    return render(request.param)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_kubectl_kustomize_builds_the_overlay_as_the_tests_read_it(overlay: Path) -> None:
+    """``kubectl kustomize`` builds each overlay; where kubectl is missing the tests read
+    the overlays with deploy_files.render_kustomization, which must build the same."""
+    if kubectl() is None:
+        pytest.skip("kubectl is not installed here: the overlays are read with the tests' "
+                    "own kustomize reader")
+    built = kubectl_kustomize(overlay)
+    ours = render_kustomization(overlay)
+
+    def key(document: dict[str, Any]) -> str:
+        return yaml.safe_dump(document, sort_keys=True)
+
+    assert sorted(map(key, built)) == sorted(map(key, ours))
 
 
 def test_every_manifest_parses_with_required_fields() -> None:
@@ -90,35 +96,59 @@ def test_overlays_exist() -> None:
     assert {p.name for p in OVERLAYS} >= {"gpu", "cpu-dev"}
 
 
-def test_workload_images_exist_and_entry_points_are_real(
+def test_workload_images_are_built_by_the_dockerfiles(
     rendered: list[dict[str, Any]], images: dict[str, Dockerfile]
 ) -> None:
     for document in rendered:
         for container in containers(document):
             repository = image_repository(container["image"])
             assert repository in images, f"{container['image']}: no Dockerfile builds it"
-            dockerfile = images[repository]
-            module = python_module(dockerfile.entrypoint + list(container.get("args", [])))
-            if module is not None:
-                path = ROOT / Path(*module.split("."))
-                assert path.with_suffix(".py").exists() or module in PENDING_MODULES, module
+            _process(container, images)  # a known process (its start: test_entry_points)
 
 
-def test_env_names_exist_and_required_ones_are_provided(
-    rendered: list[dict[str, Any]], images: dict[str, Dockerfile], settings_facts: SettingsFacts
+def test_config_and_secret_names_are_settings(
+    rendered: list[dict[str, Any]], settings_facts
 ) -> None:
     for document in _by_kind(rendered, "ConfigMap") + _by_kind(rendered, "Secret"):
         names = set(document.get("data", {})) | set(document.get("stringData", {}))
         unknown = sorted(n for n in names if n not in settings_facts.any_valid)
         assert not unknown, f"{document['metadata']['name']}: {unknown} are no settings"
-    for document in rendered:
-        for container in containers(document):
-            process = _process(container, images)
-            explicit, from_refs = _env_sources(rendered, container)
-            where = f"{document['kind']}/{document['metadata']['name']}"
-            settings_facts.check_names(process, explicit, where)
-            baked = set(images[image_repository(container["image"])].env)
-            settings_facts.check_required(process, explicit | from_refs | baked, where)
+
+
+def test_no_secret_values_in_the_production_layout() -> None:
+    """An ``apply -k`` never overwrites the real Secret: production renders none, and every
+    key KEDA reads from it is in the documented example."""
+    documents = render(K8S / "overlays" / "gpu")
+    assert not _by_kind(documents, "Secret")
+    keys = set(external_secret_keys())
+    for auth in _by_kind(documents, "TriggerAuthentication"):
+        for ref in auth["spec"]["secretTargetRef"]:
+            assert ref["name"] == "linewatch-secrets" and ref["key"] in keys, ref
+    assert not _by_kind(render(K8S / "base"), "Secret"), "the base holds no Secret"
+
+
+def test_keda_authenticates_like_the_workers(
+    rendered: list[dict[str, Any]], images: dict[str, Dockerfile]
+) -> None:
+    """SASL/TLS settings of the workers and of the KEDA trigger agree."""
+    worker = _one(rendered, "Deployment", "linewatch-worker")
+    (container,) = containers(worker)
+    env = kubernetes_environment(rendered, container,
+                                 images[image_repository(container["image"])])
+    (trigger,) = _one(rendered, "ScaledObject", "linewatch-worker")["spec"]["triggers"]
+    protocol = env.get("LINEWATCH_KAFKA__SECURITY_PROTOCOL", "PLAINTEXT")
+    metadata = trigger["metadata"]
+    assert metadata["bootstrapServers"] == env["LINEWATCH_KAFKA__BOOTSTRAP_SERVERS"]
+    assert metadata.get("tls", "disable") == ("enable" if protocol.endswith("SSL") else "disable")
+    if not protocol.startswith("SASL"):
+        assert metadata.get("sasl", "none") == "none" and "authenticationRef" not in trigger
+        return
+    mechanism = env["LINEWATCH_KAFKA__SASL_MECHANISM"].lower().replace("-", "_")
+    assert metadata["sasl"] == mechanism.replace("scram_sha_", "scram_sha")
+    auth = _one(rendered, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    refs = {ref["parameter"]: ref["key"] for ref in auth["spec"]["secretTargetRef"]}
+    assert refs == {"username": "LINEWATCH_KAFKA__SASL_USERNAME",
+                    "password": "LINEWATCH_KAFKA__SASL_PASSWORD"}
 
 
 def test_probes_hit_served_routes_on_the_settings_port(
@@ -179,6 +209,9 @@ def test_scaled_object_follows_the_workers(rendered: list[dict[str, Any]]) -> No
     assert trigger["type"] == "kafka"
     env = {e["name"]: e.get("value") for e in containers(worker)[0]["env"]}
     group = env.get("LINEWATCH_GROUP_ID", WorkerSettings.model_fields["group_id"].default)
+    assert trigger["metadata"]["offsetResetPolicy"] == "earliest", "as the workers' consumers"
+    assert trigger["metadata"]["limitToPartitionsWithLag"] == "true"
+    assert trigger["metadata"]["allowIdleConsumers"] == "false"
     assert trigger["metadata"]["consumerGroup"] == group
     assert trigger["metadata"]["topic"] == config["LINEWATCH_KAFKA__FRAMES_TOPIC"]
     assert trigger["metadata"]["bootstrapServers"] == config["LINEWATCH_KAFKA__BOOTSTRAP_SERVERS"]
@@ -218,3 +251,48 @@ def test_producers_are_single_replica_per_camera(rendered: list[dict[str, Any]],
         env = {e["name"]: e.get("value") for e in container["env"]}
         cameras.append(env["LINEWATCH_CAMERA_ID"])
     assert len(cameras) >= 2 and len(cameras) == len(set(cameras))
+
+
+def test_pods_run_unprivileged_with_a_group_for_volumes(rendered: list[dict[str, Any]]) -> None:
+    for document in rendered:
+        if document["kind"] not in ("Deployment", "CronJob", "Job"):
+            continue
+        where = f"{document['kind']}/{document['metadata']['name']}"
+        pod = pod_spec(document)
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        if any(v.get("persistentVolumeClaim") for v in pod.get("volumes", [])):
+            assert pod["securityContext"]["fsGroup"] == 10001, where
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+
+
+def test_a_refused_refit_is_not_retried(rendered: list[dict[str, Any]]) -> None:
+    from workers.trainer.main import EXIT_REFUSED, EXIT_USAGE
+
+    for cronjob in _by_kind(rendered, "CronJob"):
+        job = cronjob["spec"]["jobTemplate"]["spec"]
+        (container,) = containers(cronjob)
+        codes = {code for rule in job["podFailurePolicy"]["rules"]
+                 if rule["action"] == "FailJob" and "onExitCodes" in rule
+                 and rule["onExitCodes"]["containerName"] == container["name"]
+                 and rule["onExitCodes"]["operator"] == "In"
+                 for code in rule["onExitCodes"]["values"]}
+        assert {EXIT_REFUSED, EXIT_USAGE} <= codes
+        assert pod_spec(cronjob)["restartPolicy"] == "Never"
+
+
+def test_workers_have_a_disruption_budget(rendered: list[dict[str, Any]]) -> None:
+    worker = _one(rendered, "Deployment", "linewatch-worker")
+    labels = worker["spec"]["template"]["metadata"]["labels"].items()
+    budgets = [pdb for pdb in _by_kind(rendered, "PodDisruptionBudget")
+               if pdb["spec"]["selector"]["matchLabels"].items() <= labels]
+    assert len(budgets) == 1 and budgets[0]["spec"]["maxUnavailable"] == 1
+
+
+def test_topics_are_created_in_the_cluster(rendered: list[dict[str, Any]], images) -> None:
+    jobs = [d for d in _by_kind(rendered, "Job") for c in containers(d)
+            if _process(c, images) == "topics"]
+    assert len(jobs) == 1

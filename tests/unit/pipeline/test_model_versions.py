@@ -17,7 +17,9 @@ from pipeline.model_store import (
     rollback,
     set_current,
 )
-from pipeline.model_updates import ModelEvent, ModelUpdateListener, model_channel
+from pipeline.redis.model_events import ModelUpdateListener
+from pipeline.wire.layout import RedisKeys
+from pipeline.wire.messages import ModelEvent
 from tests.twins import BrightSpotDetector
 
 
@@ -137,7 +139,7 @@ def test_model_event_round_trip_and_validation():
                 '{"line": "bad line/", "version": "v", "event": "promoted"}'):
         with pytest.raises(ValueError):
             ModelEvent.from_json(bad)
-    assert model_channel("linewatch") == "linewatch:models"
+    assert RedisKeys("linewatch").models() == "linewatch:models"
 
 
 class _Store:

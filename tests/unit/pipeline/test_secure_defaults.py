@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.kafka_io import KafkaRecordSink
-from pipeline.observability import HealthServer, MetricsRegistry
-from pipeline.redis_store import RedisKeys, RedisResultSink
-from pipeline.settings import HttpSettings, KafkaSettings, RedisSettings, WorkerSettings
+from pipeline.kafka.producer import KafkaRecordSink
+from pipeline.observability import HealthServer, new_registry
+from pipeline.redis.results import RedisResultSink
+from pipeline.settings import HttpSettings, KafkaSettings, RedisSettings
+from pipeline.wire.layout import RedisKeys
+from workers.inference.settings import WorkerSettings
 
 SECRET = "hunter2-very-secret"
 
@@ -22,8 +24,7 @@ def test_secrets_never_appear_in_repr_dump_or_logs(caplog, tmp_path):
     assert SECRET not in shown and "**********" in shown
     assert settings.kafka.client_kwargs()["sasl_plain_password"] == SECRET  # only here
     with caplog.at_level(logging.DEBUG):
-        sink = RedisResultSink(settings.redis.url.get_secret_value(), RedisKeys("p"),
-                               socket_timeout_s=0.2)
+        sink = RedisResultSink(settings.redis.model_copy(update={"socket_timeout_s": 0.2}))
         assert sink.ping() is False  # nothing listens: transient, logged nowhere with the URL
         logging.getLogger("test").info("settings: %s", settings)
         logging.getLogger("test").info("client: %r", sink._connection())
@@ -41,7 +42,7 @@ def test_producer_defaults_keep_frames_safe():
 
 def test_endpoints_bind_to_localhost_unless_configured():
     assert HttpSettings().host == "127.0.0.1"
-    with HealthServer(MetricsRegistry(), lambda: True, lambda: True) as server:
+    with HealthServer(new_registry(), lambda: True, lambda: True) as server:
         assert server._server.server_address[0] == "127.0.0.1"
 
 
@@ -49,5 +50,5 @@ def test_every_key_is_under_the_prefix():
     keys = RedisKeys("lw-prefix")
     built = [keys.result("cam", "f1"), keys.heatmap("cam", "f1"), keys.frame("cam", "f1"),
              keys.latest("cam"), keys.results("line"), keys.alerts("line"), keys.lines(),
-             keys.cameras("line")]
+             keys.cameras("line"), keys.drift("line"), keys.models()]
     assert all(k.startswith("lw-prefix:") for k in built)

@@ -2,10 +2,12 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.errors import ModelNotFoundError
-from pipeline.model_store import ModelStore, artifact_path, publish_model, set_current
-from pipeline.observability import MetricsRegistry
-from pipeline.settings import ProducerSettings, WorkerSettings
+from pipeline.model_store import ModelStore, publish_model, set_current
+from pipeline.observability import HealthServer, new_registry
+from pipeline.wire.layout import artifact_path
 from tests.twins import BrightSpotDetector
+from workers.inference.settings import WorkerSettings
+from workers.producer.settings import ProducerSettings
 
 
 def _save(detector, path):
@@ -55,23 +57,35 @@ def test_unknown_line_and_broken_version(tmp_path):
         set_current(tmp_path, "a", "../../etc/passwd")
 
 
-def test_metrics_render_prometheus_text():
-    registry = MetricsRegistry()
-    frames = registry.counter("frames_total", "Frames.", ["line"])
-    latency = registry.histogram("latency_seconds", "Latency.", (0.1, 1.0))
-    frames.inc(line="a")
-    frames.inc(2, line="a")
-    latency.observe(0.05)
-    latency.observe(0.5)
-    latency.observe(5)
-    text = registry.render()
-    assert 'frames_total{line="a"} 3' in text
-    assert 'latency_seconds_bucket{le="0.1"} 1' in text
-    assert 'latency_seconds_bucket{le="1"} 2' in text
-    assert 'latency_seconds_bucket{le="+Inf"} 3' in text
-    assert "latency_seconds_count 3" in text
+def test_metrics_endpoint_serves_prometheus_text_with_process_metrics():
+    import urllib.request
+
+    from prometheus_client import Counter, Histogram
+
+    registry = new_registry()
+    frames = Counter("frames_total", "Frames.", ["line"], registry=registry)
+    latency = Histogram("latency_seconds", "Latency.", buckets=(0.1, 1.0), registry=registry)
+    frames.labels(line="a").inc()
+    frames.labels(line="a").inc(2)
+    for value in (0.05, 0.5, 5):
+        latency.observe(value)
+    with HealthServer(registry, lambda: True, lambda: False) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            kind = response.headers["Content-Type"]
+            text = response.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(base + "/readyz", timeout=5)
+    assert kind.startswith("text/plain") and "version=" in kind
+    assert 'frames_total{line="a"} 3.0' in text
+    assert 'latency_seconds_bucket{le="0.1"} 1.0' in text
+    assert 'latency_seconds_bucket{le="1.0"} 2.0' in text
+    assert 'latency_seconds_bucket{le="+Inf"} 3.0' in text
+    assert "latency_seconds_count 3.0" in text
+    assert "process_cpu_seconds_total" in text and "python_gc_objects_collected_total" in text
+    assert not_ready.value.code == 503
     with pytest.raises(ValueError):
-        frames.inc(line="a", extra="x")
+        frames.labels(line="a", extra="x")
 
 
 def test_settings_name_missing_fields_and_hide_secrets(monkeypatch, tmp_path):

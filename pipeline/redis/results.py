@@ -1,0 +1,225 @@
+"""The worker's result sink and the reader of what it stored (layout: pipeline.wire.layout).
+
+Writes are idempotent: one Lua script per frame sets the per-frame keys and appends to
+the streams only when the frame's result key did not exist yet, so a replayed frame
+overwrites its keys and never duplicates its stream entries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import redis
+from redis.exceptions import RedisError
+
+from pipeline.errors import ConfigurationError, TransportUnavailableError
+from pipeline.redis.client import PERMANENT_REDIS_ERRORS, UNREACHABLE_ERRORS, connect, ping
+from pipeline.settings import RedisSettings
+from pipeline.wire.layout import RedisKeys
+from pipeline.wire.messages import ResultMessage, StoredResult
+
+logger = logging.getLogger(__name__)
+
+_STORE_SCRIPT = """
+local existed = redis.call('EXISTS', KEYS[1])
+local ttl = tonumber(ARGV[4])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ttl) end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'EX', ttl) end
+local current = redis.call('GET', KEYS[4])
+if (not current) or tonumber(cjson.decode(current)['capture_ts']) <= tonumber(ARGV[5]) then
+  redis.call('SET', KEYS[4], ARGV[1])
+end
+if existed == 0 then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'result', ARGV[1])
+  if ARGV[6] == '1' then
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'result', ARGV[1])
+  end
+end
+redis.call('SADD', KEYS[7], ARGV[7])
+redis.call('SADD', KEYS[8], ARGV[8])
+return existed
+"""
+
+
+class RedisResultSink:
+    """Writes results idempotently; connects lazily; context manager.
+
+    Args:
+        settings: Redis section (URL, prefix, TTL, stream caps, timeouts).
+    """
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._settings = settings
+        self.keys = RedisKeys(settings.key_prefix)
+        self._client: redis.Redis | None = None
+        self._script: object | None = None
+
+    def _connection(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self._settings)
+            self._script = self._client.register_script(_STORE_SCRIPT)
+        return self._client
+
+    def ping(self) -> bool:
+        """True when Redis answers; False when it cannot be reached right now.
+
+        Raises:
+            ConfigurationError: Redis refused our credentials (permanent).
+        """
+        try:
+            return bool(self._connection().ping())
+        except PERMANENT_REDIS_ERRORS as error:
+            self._reset()
+            raise ConfigurationError(f"Redis refused our credentials: {error}") from error
+        except UNREACHABLE_ERRORS:
+            self._reset()
+            return False
+
+    def store(self, items: Sequence[StoredResult]) -> list[bool]:
+        """Write a batch of results in one round trip.
+
+        Args:
+            items: Results to store.
+
+        Returns:
+            For each item, True when it was new (False: a replay that overwrote).
+
+        Raises:
+            TransportUnavailableError: Redis cannot be reached; nothing can be assumed
+                stored, the caller retries the whole batch (safe: writes are idempotent).
+            ConfigurationError: Redis refused our credentials or permissions (permanent).
+        """
+        if not items:
+            return []
+        settings = self._settings
+        client = self._connection()
+        pipe = client.pipeline(transaction=False)
+        for item in items:
+            r = item.result
+            keys = [
+                self.keys.result(r.camera_id, r.frame_id),
+                self.keys.heatmap(r.camera_id, r.frame_id),
+                self.keys.frame(r.camera_id, r.frame_id), self.keys.latest(r.camera_id),
+                self.keys.results(r.product_line), self.keys.alerts(r.product_line),
+                self.keys.lines(), self.keys.cameras(r.product_line),
+            ]
+            args = [
+                r.to_json(), item.heatmap_png, item.frame_jpeg, settings.result_ttl_s,
+                repr(r.capture_ts), "1" if r.label else "0", r.product_line, r.camera_id,
+                settings.stream_maxlen, settings.alert_stream_maxlen,
+            ]
+            self._script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
+        try:
+            existed = pipe.execute()
+        except PERMANENT_REDIS_ERRORS as error:
+            self._reset()
+            raise ConfigurationError(f"Redis refused the write: {error}") from error
+        except UNREACHABLE_ERRORS as error:
+            self._reset()
+            raise TransportUnavailableError(f"Redis unavailable: {error}") from error
+        except RedisError as error:
+            raise TransportUnavailableError(f"Redis refused the write: {error}") from error
+        return [int(flag) == 0 for flag in existed]
+
+    def _reset(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except RedisError:
+                logger.debug("closing a broken Redis connection failed", exc_info=True)
+        self._client = None
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._reset()
+
+    def __enter__(self) -> RedisResultSink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One entry of a results, alerts or drift stream.
+
+    Attributes:
+        entry_id: Redis stream id (``<ms>-<seq>``).
+        fields: The entry's fields, decoded as text.
+    """
+
+    entry_id: str
+    fields: dict[str, str]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class RedisResultReader:
+    """Reads what the workers and the drift monitor stored (dashboard, demo, tests).
+
+    Args:
+        client: Redis client (responses not decoded: images are binary).
+        keys: Key builder (prefix).
+    """
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def ping(self) -> bool:
+        """Whether Redis answers (a failure is logged, not raised)."""
+        return ping(self.client)
+
+    def results(self, line: str, count: int | None = None) -> list[ResultMessage]:
+        """A line's results stream, oldest first."""
+        entries = self.client.xrange(self.keys.results(line), count=count)
+        return [ResultMessage.from_json(fields[b"result"]) for _, fields in entries]
+
+    def alerts(self, line: str) -> list[ResultMessage]:
+        """A line's alert stream, oldest first."""
+        entries = self.client.xrange(self.keys.alerts(line))
+        return [ResultMessage.from_json(fields[b"result"]) for _, fields in entries]
+
+    def recent(self, stream_key: str, count: int) -> list[StreamEntry]:
+        """The newest ``count`` entries of a stream, newest first."""
+        entries = self.client.xrevrange(stream_key, count=count)
+        return [StreamEntry(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+                for entry_id, fields in entries]
+
+    def result(self, camera: str, frame_id: str) -> ResultMessage | None:
+        """One frame's result."""
+        raw = self.client.get(self.keys.result(camera, frame_id))
+        return None if raw is None else ResultMessage.from_json(raw)
+
+    def heatmap(self, camera: str, frame_id: str) -> bytes | None:
+        """One frame's heatmap PNG (``None`` once expired)."""
+        return self.client.get(self.keys.heatmap(camera, frame_id))
+
+    def frame(self, camera: str, frame_id: str) -> bytes | None:
+        """One frame's JPEG (``None`` once expired)."""
+        return self.client.get(self.keys.frame(camera, frame_id))
+
+    def latest(self, camera: str) -> ResultMessage | None:
+        """A camera's latest result."""
+        raw = self.client.get(self.keys.latest(camera))
+        return None if raw is None else ResultMessage.from_json(raw)
+
+    def lines(self) -> list[str]:
+        """Product lines seen, sorted."""
+        return sorted(_text(line) for line in self.client.smembers(self.keys.lines()))
+
+    def cameras(self, line: str) -> list[str]:
+        """Cameras seen on a line, sorted."""
+        return sorted(_text(camera) for camera in self.client.smembers(self.keys.cameras(line)))
+
+    def stream_length(self, line: str) -> int:
+        """Entries in a line's results stream."""
+        return int(self.client.xlen(self.keys.results(line)))

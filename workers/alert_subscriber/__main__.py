@@ -1,0 +1,7 @@
+"""``python -m workers.alert_subscriber``."""
+
+import sys
+
+from workers.alert_subscriber.main import main
+
+sys.exit(main())

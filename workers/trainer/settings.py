@@ -1,0 +1,87 @@
+"""Settings of the trainer job (``python -m workers.trainer``).
+
+The fit's defaults are the model package's (``model.trainer.FitConfig``), written out here
+so that reading the trainer's settings does not import torch;
+``tests/unit/workers/trainer/test_trainer.py`` fails when the two disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from pipeline.settings import KafkaSettings, ProcessSettings, RedisSettings
+
+
+class FitSettings(BaseModel):
+    """How a candidate is fitted (``model.trainer.FitConfig``)."""
+
+    backbone: Literal["efficientnet_lite0", "wide_resnet50_2"] = "efficientnet_lite0"
+    backbone_weights: Path | None = Field(default=None, description="Explicit weights file.")
+    image_size: int = Field(default=256, ge=32, le=1024)
+    epochs: int = Field(default=3, ge=1, le=1000, description="Per head.")
+    heads: int = Field(
+        default=6, ge=1, le=16,
+        description="Heads trained from different seeds; their floored scores are averaged.")
+    hidden_dim: int = Field(
+        default=384, ge=8, le=8192,
+        description="Discriminator width per head; inference cost follows heads x hidden_dim.")
+    batch_size: int = Field(default=8, ge=1, le=256)
+    holdout_fraction: float = Field(
+        default=0.2, gt=0, lt=1,
+        description="Share of training frames used to calibrate.")
+    threshold_quantile: float = Field(default=0.99, ge=0.5, lt=1)
+    seed: int = 0
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+
+
+class GateSettings(BaseModel):
+    """When a candidate may replace the line's current model.
+
+    False alarm rate: share of held-out good frames flagged at the model's own calibrated
+    threshold. Detection rate: share of labelled defective frames flagged. AUROC: good vs
+    defective frames, threshold-free. Candidate and current model are scored on the same
+    frames, which neither was trained on.
+    """
+
+    gate_fraction: float = Field(
+        default=0.2, gt=0, lt=1,
+        description="Share of good frames kept out of training for the gate (by content hash).")
+    min_good_frames: int = Field(default=10, ge=1, description="Fewer gate frames: refuse.")
+    max_false_alarm_rate: float = Field(default=0.05, ge=0, le=1)
+    min_detection_rate: float = Field(
+        default=0.0, ge=0, le=1, description="With defective frames; also without a current model.")
+    min_auroc: float = Field(
+        default=0.5, ge=0, le=1, description="With defective frames; also without a current model.")
+    max_false_alarm_increase: float = Field(
+        default=0.02, ge=0, le=1, description="Over the current model's rate.")
+    max_detection_drop: float = Field(
+        default=0.05, ge=0, le=1, description="Under the current model's detection rate.")
+    max_auroc_drop: float = Field(
+        default=0.02, ge=0, le=1, description="Under the current model's AUROC.")
+
+
+class TrainerSettings(ProcessSettings):
+    """Trainer job: refit one product line, gate the candidate, roll it out."""
+
+    redis: RedisSettings
+    kafka: KafkaSettings | None = Field(
+        default=None, description="Only to capture good frames from a topic.")
+    model_store: Path = Field(description="Model store directory (see docs/contracts.md).")
+    data_dir: Path | None = Field(
+        default=None,
+        description="Per line: <data_dir>/<line>/good, optional /gate-good and /defects.")
+    capture_topic: str | None = Field(
+        default=None, description="Topic of known-good frames (frame records) to train from.")
+    capture_max_records: int = Field(default=5000, ge=1, description="Newest records scanned.")
+    capture_timeout_s: float = Field(default=60.0, gt=0)
+    max_images: int = Field(default=1000, ge=4, description="Good frames sampled at most.")
+    dedupe_max_diff: float = Field(
+        default=0.5, ge=0,
+        description="Frames whose 16x16 grey thumbnails differ by less (mean abs, 0-255) "
+                    "are duplicates; 0 turns de-duplication off.")
+    keep_versions: int = Field(default=5, ge=1, description="Versions kept per line.")
+    fit: FitSettings = FitSettings()
+    gate: GateSettings = GateSettings()
