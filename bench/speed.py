@@ -18,7 +18,7 @@ import torch
 
 from model.backbones import build_backbone
 from model.detector import AnomalyDetector
-from model.features import DEFAULT_COMMON_DIM, DEFAULT_EMBED_DIM
+from model.features import DEFAULT_COMMON_DIM, default_embed_dim
 from model.metadata import Calibration, DetectorMetadata
 from model.network import HeadEnsemble
 from model.trainer import FitConfig
@@ -29,7 +29,9 @@ FIT_DEFAULTS = FitConfig()  # the default ensemble size and margin
 
 def _detector(backbone_name: str) -> AnomalyDetector:
     backbone = build_backbone(backbone_name, pretrained=backbone_name == "efficientnet_lite0")
-    embed = DEFAULT_EMBED_DIM[backbone_name]
+    embed = default_embed_dim(
+        backbone_name, backbone.spec.channels, DEFAULT_COMMON_DIM[backbone_name]
+    )
     metadata = DetectorMetadata(
         version="bench",
         product_line="bench",

@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,15 +57,26 @@ def _default_device() -> str:
 
 
 @contextmanager
-def _progress_bars() -> Iterator[callable]:
-    """Yields a fit progress callback that keeps one tqdm bar per stage."""
+def fit_progress_bars(
+    enabled: bool = True, prefix: str = ""
+) -> Iterator[Callable[[FitProgress], None]]:
+    """Yields a fit progress callback that keeps one tqdm bar per stage.
+
+    Log lines written meanwhile go above the bars instead of into them.
+
+    Args:
+        enabled: False yields a callback that draws nothing.
+        prefix: Put before every bar's stage name.
+    """
     bars: dict[str, tqdm] = {}
 
     def on_progress(event: FitProgress) -> None:
         bar = bars.get(event.stage)
         if bar is None:
-            unit = "img" if event.stage in ("features", "calibration") else "step"
-            bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit=unit)
+            unit = "epoch" if event.stage == "train" else "img"
+            bar = bars[event.stage] = tqdm(
+                total=event.total, desc=prefix + event.stage, unit=unit, disable=not enabled
+            )
         bar.n = event.done
         if event.loss is not None:
             bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
@@ -180,7 +191,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         device=args.device,
     )
     started = time.perf_counter()
-    with _progress_bars() as on_progress:
+    with fit_progress_bars() as on_progress:
         detector = fit_detector(images, config=config, product_line=args.line, progress=on_progress)
     save_artifact(detector, args.output)
     meta = detector.metadata

@@ -110,11 +110,6 @@ def heatmap_operators(
     return operator_h.float().contiguous(), operator_w.float().contiguous()
 
 
-def heatmap_to_uint8(heatmap: np.ndarray) -> np.ndarray:
-    """Maps a normalised heatmap to uint8: 0 -> 0, 0.5 (threshold) -> 127, >= 1 -> 255."""
-    return np.floor(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def images_to_tensor(
     images: Sequence[np.ndarray], image_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:

@@ -225,8 +225,7 @@ class EvaluationReport:
                 f"  (recall at 1% false alarms {recall:.3f})" if recall is not None else ""
             )
             rows.append((f"image AUROC [{name}]", detail))
-        width = max(len(name) for name, _ in rows)
-        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+        return "\n".join(f"{name}  {value}" for name, value in rows)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict (rates as strings)."""

@@ -53,8 +53,7 @@ Fitter = Callable[..., Any]
 
 def _fit(data: TrainingData, settings: TrainerSettings, line: str, device: str,
          progress: bool, fitter: Fitter | None) -> Any:
-    from tqdm import tqdm
-
+    from model.cli import fit_progress_bars
     from model.trainer import FitConfig, fit_detector
 
     fit = settings.fit
@@ -65,14 +64,9 @@ def _fit(data: TrainingData, settings: TrainerSettings, line: str, device: str,
     config = FitConfig(**fit.model_dump(exclude={"backbone_weights", "device"}), device=device,
                        backbone_weights=str(fit.backbone_weights) if fit.backbone_weights
                        else None, extra=extra)
-    with tqdm(total=fit.heads * fit.epochs, desc=f"fitting {line}", unit="epoch",
-              disable=not progress, leave=False) as bar:
-        def on_epoch(epoch: int, epochs: int, loss: float) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-
+    with fit_progress_bars(enabled=progress, prefix=f"{line}: ") as on_progress:
         return (fitter or fit_detector)([item.image for item in data.train], config=config,
-                                        product_line=line, progress=on_epoch)
+                                        product_line=line, progress=on_progress)
 
 
 def _load_current(settings: TrainerSettings, line: str, version: str | None, device: str,

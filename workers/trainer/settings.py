@@ -18,8 +18,13 @@ from pipeline.settings import KafkaSettings, ProcessSettings, RedisSettings
 class FitSettings(BaseModel):
     """How a candidate is fitted (``model.trainer.FitConfig``)."""
 
-    backbone: Literal["efficientnet_lite0", "wide_resnet50_2"] = "efficientnet_lite0"
+    backbone: Literal["efficientnet_lite0", "efficientnet_lite2", "wide_resnet50_2"] = (
+        "efficientnet_lite0")
     backbone_weights: Path | None = Field(default=None, description="Explicit weights file.")
+    layers: tuple[str, ...] | None = Field(
+        default=None,
+        description='Backbone layers, finest first, as JSON (["blocks4","blocks10"]); '
+                    "default: the backbone's.")
     image_size: int = Field(default=256, ge=32, le=1024)
     epochs: int = Field(default=3, ge=1, le=1000, description="Per head.")
     heads: int = Field(
@@ -32,7 +37,14 @@ class FitSettings(BaseModel):
     holdout_fraction: float = Field(
         default=0.2, gt=0, lt=1,
         description="Share of training frames used to calibrate.")
-    threshold_quantile: float = Field(default=0.99, ge=0.5, lt=1)
+    target_false_alarm_rate: float = Field(
+        default=0.01, gt=0, le=0.5,
+        description="Share of good frames allowed above the threshold (the operating point).")
+    noise_ratio: float = Field(
+        default=0.3, gt=0, description="Synthetic noise std relative to the feature scale.")
+    local_anomaly_share: float = Field(
+        default=0.5, ge=0, lt=1,
+        description="Share of synthetic anomalies made in image space; 0 turns them off.")
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 

@@ -6,10 +6,10 @@ from model.detector import (
     gaussian_blur,
     gaussian_kernel1d,
     heatmap_operators,
-    heatmap_to_uint8,
     images_to_tensor,
     upsample_and_blur,
 )
+from model.visualization import heatmap_to_uint8
 
 
 def test_predict_shapes_and_calibration(random_detector, images):

@@ -119,8 +119,10 @@ def test_dry_run_fits_on_training_frames_only_and_gates(tmp_path):
 
     def fitter(images, *, config, product_line, progress):
         seen.update(images=images, config=config, line=product_line)
+        from model.trainer import FitProgress
+
         for epoch in range(config.epochs):
-            progress(epoch + 1, config.epochs, 0.1)
+            progress(FitProgress("train", epoch + 1, config.epochs, 0.1))
         return BrightSpotDetector(product_line, "v-new")
 
     settings = _settings(tmp_path, max_images=30, gate=GateSettings(min_good_frames=5))
