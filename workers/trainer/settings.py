@@ -43,7 +43,7 @@ class FitSettings(BaseModel):
     noise_ratio: float = Field(
         default=0.3, gt=0, description="Synthetic noise std relative to the feature scale.")
     local_anomaly_share: float = Field(
-        default=0.5, ge=0, lt=1,
+        default=0.0, ge=0, lt=1,
         description="Share of synthetic anomalies made in image space; 0 turns them off.")
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
