@@ -18,7 +18,7 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding", mod
 
 from model.errors import DatasetError  # noqa: E402
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def read_image(path: str | Path) -> np.ndarray:
