@@ -24,7 +24,8 @@ class KafkaRecordSink:
     """Plain producer: send records, flush. Thread-safe (kafka-python's producer is).
 
     Defaults keep frames safe on a replicated Apache Kafka: ``acks="all"``, retries until
-    ``delivery_timeout_ms``, idempotence on (settings), and never creating topics. After a
+    ``delivery_timeout_ms``, idempotence on (settings), never creating topics, and the
+    one record limit of every process (``max_request_size`` = ``max_message_bytes``). After a
     failed :meth:`send_all` the producer is rebuilt on next use (:meth:`reset`): a broker
     that restarted without its log (tansu) no longer knows the idempotent producer id and
     answers ``UnknownProducerIdError``/``OutOfOrderSequenceNumberError`` forever, and a
@@ -40,6 +41,7 @@ class KafkaRecordSink:
         self._kafka = kafka
         self._options = {"acks": "all", "enable_idempotence": kafka.enable_idempotence,
                          "linger_ms": 5, "allow_auto_create_topics": False,
+                         "max_request_size": kafka.max_message_bytes,
                          "max_block_ms": kafka.request_timeout_ms, **producer_options}
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
