@@ -39,8 +39,8 @@ class WorkerMetrics:
         self.models_loaded = Gauge("linewatch_worker_model_loaded",
                                    "1 for each loaded (line, version).", ["line", "version"],
                                    registry=r)
-        self.redis_up = Gauge("linewatch_worker_redis_up", "1 when Redis answered the last write or ping.",
-                              registry=r)
+        self.redis_up = Gauge("linewatch_worker_redis_up",
+                              "1 when Redis answered the last write or ping.", registry=r)
         self.paused = Gauge("linewatch_worker_paused",
                             "1 while consumption is paused (Redis down).", registry=r)
         self.commits = Counter("linewatch_worker_commits_total", "Offset commits.", registry=r)
