@@ -388,7 +388,8 @@ class InferenceWorker:
                 stop=self._abort, on_error=lambda _: self._set_redis_up(False))
             self._set_redis_up(True)
             if job.dead_letters:
-                retry(lambda: self._dead_letters.flush(10.0),
+                retry(lambda: self._dead_letters.flush(
+                          min(10.0, max(0.5, self._stop_deadline - time.monotonic()))),
                       retry_on=(TransportUnavailableError,),
                       backoff=Backoff(0.1, self._retry_backoff_max_s),
                       what="sending dead letters", stop=self._abort)
