@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from pipeline.errors import ConfigurationError, TransportUnavailableError
 from pipeline.kafka.admin import PERMANENT_ERRORS
@@ -48,6 +48,11 @@ class KafkaRecordSink:
         self.resets = 0
 
     @property
+    def max_request_size(self) -> int:
+        """The largest record this producer sends (bytes)."""
+        return int(self._options["max_request_size"])
+
+    @property
     def options(self) -> dict[str, Any]:
         """The kafka-python producer options in use (no connection settings, no secrets)."""
         return dict(self._options)
@@ -74,7 +79,8 @@ class KafkaRecordSink:
 
         Raises:
             TransportUnavailableError: Any record was not acknowledged in time.
-            ConfigurationError: The broker refused us permanently.
+            ConfigurationError: The broker refused us permanently, or refused a record as
+                too large (resending cannot help: the record limits disagree).
         """
         try:
             futures = [self.send(topic, key, value, headers) for key, value, headers in records]
@@ -83,6 +89,11 @@ class KafkaRecordSink:
                 future.get(timeout=max(0.01, deadline - time.monotonic()))
         except PERMANENT_ERRORS as error:
             raise ConfigurationError(f"Kafka refused the write: {error}") from error
+        except (MessageSizeTooLargeError, RecordListTooLargeError) as error:
+            raise ConfigurationError(
+                f"Kafka refused a record as too large ({error}); keep "
+                f"LINEWATCH_KAFKA__MAX_MESSAGE_BYTES ({self.max_request_size}) at or below "
+                f"the topic's max.message.bytes") from error
         except KafkaError as error:
             self.reset()
             raise TransportUnavailableError(f"Kafka write failed: {error}") from error
