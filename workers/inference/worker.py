@@ -365,6 +365,9 @@ class InferenceWorker:
                 self.fatal_error = error
                 return
             except Exception as error:  # a bug: exit 1 instead of hanging
+                if self._abort.is_set():  # torn down under it at the end of a stop
+                    logger.warning("publisher stopped at shutdown: %s", error)
+                    return
                 logger.exception("the publisher failed")
                 self.fatal_error = error
                 return
@@ -386,7 +389,8 @@ class InferenceWorker:
                 store, retry_on=(TransportUnavailableError,),
                 backoff=Backoff(0.1, self._retry_backoff_max_s), what="storing a batch",
                 stop=self._abort, on_error=lambda _: self._set_redis_up(False))
-            self._set_redis_up(True)
+            if job.results:  # an empty store proves nothing about Redis
+                self._set_redis_up(True)
             if job.dead_letters:
                 retry(lambda: self._dead_letters.flush(
                           min(10.0, max(0.5, self._stop_deadline - time.monotonic()))),
