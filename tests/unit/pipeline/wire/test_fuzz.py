@@ -11,6 +11,7 @@ crashes) are printed; run with ``-s`` to see them.
 
 from __future__ import annotations
 
+import os
 import resource
 from collections import Counter
 from pathlib import Path
@@ -26,7 +27,8 @@ CORPUS = Path(__file__).resolve().parents[3] / "corpus"
 SEEDS = sorted(p.read_bytes() for p in CORPUS.iterdir() if p.suffix != ".py")
 LIMITS = ImageLimits(min_side=16, max_side=512, max_payload_bytes=1 << 20,
                      max_pixels=512 * 512)
-EXAMPLES = 300
+#: Inputs per run; LINEWATCH_FUZZ_EXAMPLES=5000 for a longer local run (same checks).
+EXAMPLES = int(os.environ.get("LINEWATCH_FUZZ_EXAMPLES", "300"))
 #: Largest growth of the process's peak RSS the whole run may cause (decoded images are
 #: at most 512 x 512 x 3 bytes here; a decoded bomb would be gigabytes).
 MAX_PEAK_GROWTH_BYTES = 256 * 1024 * 1024
