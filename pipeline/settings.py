@@ -11,10 +11,11 @@ sections defined here.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Where every process reads its settings from.
@@ -27,6 +28,9 @@ SETTINGS_CONFIG = SettingsConfigDict(
 )
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+#: One bootstrap server: a host name, IPv4 or [IPv6] address, then a port.
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?):\d{1,5}")
 
 
 class ProcessSettings(BaseSettings):
@@ -57,6 +61,25 @@ class KafkaSettings(BaseModel):
     enable_idempotence: bool = True
     #: Broker API version as "x.y.z"; given explicitly, clients skip the version probe.
     api_version: str | None = None
+    max_message_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=64 * 1024, description="Largest record (key, value and "
+        "headers) anywhere: the producers' max_request_size, the worker's fetch sizes and "
+        "frame limit, the dead-letter producer's limit and the topics' max.message.bytes.")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_servers(cls, value: str) -> str:
+        for server in value.split(","):
+            if not _HOST_PORT.fullmatch(server.strip()):
+                raise ValueError(f"{server.strip()!r} is not host:port (e.g. broker:9092)")
+        return value
+
+    @field_validator("api_version")
+    @classmethod
+    def _check_api_version(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+(\.\d+){1,2}", value):
+            raise ValueError(f"{value!r} is not a version like 2.8.0")
+        return value
 
     @model_validator(mode="after")
     def _check_sasl(self) -> KafkaSettings:
@@ -97,6 +120,9 @@ class KafkaSettings(BaseModel):
 class RedisSettings(BaseModel):
     """Redis connection and layout. Password/TLS go in the URL (``rediss://:pw@host``)."""
 
+    # the URL may hold a password: errors never repeat what was given
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     url: SecretStr = Field(description="redis:// or rediss:// URL (may hold a password).")
     key_prefix: str = Field(default="linewatch", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     result_ttl_s: int = Field(default=24 * 3600, ge=1)
@@ -104,6 +130,15 @@ class RedisSettings(BaseModel):
     alert_stream_maxlen: int = Field(default=10_000, ge=10)
     socket_timeout_s: float = Field(default=2.0, gt=0)
     store_frames: bool = Field(default=True, description="Also keep each frame's JPEG.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            # the URL may hold a password: name the scheme only
+            raise ValueError(f"scheme {scheme[:20]!r} is not redis://, rediss:// or unix://")
+        return value
 
 
 class HttpSettings(BaseModel):

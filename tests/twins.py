@@ -106,6 +106,9 @@ class TwinSink:
             self.stored[key] = item
         return fresh
 
+    def ping(self) -> bool:
+        return self.fail_times == 0
+
 
 @dataclass
 class TwinDeadLetters:

@@ -89,7 +89,7 @@ def run_process(program: str, arguments: argparse.ArgumentParser,
         if adjust is not None:
             settings = adjust(settings, args)
     except ValidationError as error:
-        print(f"{program}: invalid settings:\n{error}", file=sys.stderr)
+        print(f"{program}: invalid settings:\n{describe_invalid(error)}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=args.log_level or settings.log_level, format=LOG_FORMAT)
     try:
@@ -97,6 +97,15 @@ def run_process(program: str, arguments: argparse.ArgumentParser,
     except failures as error:
         print(f"{program}: {error}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """One line per invalid field, naming it, without the value given (it may be secret)."""
+    lines = []
+    for item in error.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in item["loc"]) or "settings"
+        lines.append(f"  {field}: {item['msg']}")
+    return "\n".join(lines)
 
 
 def stop_event_on_signals() -> threading.Event:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import (
     AuthorizationError,
+    IllegalSaslStateError,
     KafkaError,
     SaslAuthenticationFailedError,
     TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
 )
 
 from pipeline.errors import ConfigurationError, TransportUnavailableError
@@ -29,8 +32,40 @@ logger = logging.getLogger(__name__)
 
 #: Errors that retrying cannot fix: the process exits with a clear message.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
-    SaslAuthenticationFailedError, AuthorizationError,
+    SaslAuthenticationFailedError, AuthorizationError, UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
 )
+
+
+class _PermanentFailureWatch(logging.Filter):
+    """Remembers the last permanent error kafka-python logged while bootstrapping.
+
+    kafka-python (3.x) logs why a bootstrap connection failed (a refused SASL mechanism,
+    wrong credentials) and then reports only ``KafkaTimeoutError: Unable to bootstrap``;
+    without this, a refused mechanism looks like an unreachable broker and is retried
+    forever. The filter passes every record on unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: BaseException | None = None
+        self.seen_at = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, PERMANENT_ERRORS):
+                self.last, self.seen_at = arg, time.monotonic()
+        return True
+
+    def since(self, started: float) -> BaseException | None:
+        """The permanent error logged after ``started`` (``time.monotonic()``), if any."""
+        return self.last if self.seen_at >= started else None
+
+
+_WATCH = _PermanentFailureWatch()
+for _name in ("kafka.net.manager", "kafka.net.connection", "kafka.conn", "kafka.client_async"):
+    logging.getLogger(_name).addFilter(_WATCH)
 
 
 @contextlib.contextmanager
@@ -38,11 +73,18 @@ def _admin(kafka: KafkaSettings, what: str,
            timeout_ms: int | None = None) -> Iterator[KafkaAdminClient]:
     """An admin client whose failures become the project's errors; closed afterwards."""
     options = {} if timeout_ms is None else {"bootstrap_timeout_ms": timeout_ms}
+    started = time.monotonic()
     try:
         admin = KafkaAdminClient(**kafka.client_kwargs(), **options)
     except PERMANENT_ERRORS as error:
         raise ConfigurationError(f"Kafka refused our credentials: {error}") from error
     except KafkaError as error:
+        refused = _WATCH.since(started)
+        if refused is not None:
+            raise ConfigurationError(
+                f"Kafka at {kafka.bootstrap_servers} refused the connection "
+                f"(security_protocol {kafka.security_protocol}, sasl_mechanism "
+                f"{kafka.sasl_mechanism}): {refused}") from error
         raise TransportUnavailableError(
             f"Kafka at {kafka.bootstrap_servers} cannot be reached: {error}") from error
     try:

@@ -16,6 +16,7 @@ from types import TracebackType
 from pipeline.errors import ConfigurationError, TransportUnavailableError
 from pipeline.kafka.producer import KafkaRecordSink
 from pipeline.retry import Backoff
+from pipeline.wire.dead_letters import record_size
 from pipeline.wire.messages import FrameMessage
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ class BufferedFrameSink:
     wait in the buffer; when the buffer is full the oldest frame is dropped and counted
     (never silently: a warning is logged and ``dropped`` goes up). A batch that fails is
     sent again after a backoff, in order (a frame may reach Kafka twice; the worker's
-    writes are idempotent).
+    writes are idempotent). A frame larger than the record limit is dropped and counted
+    before sending (``too_large``): resending it could never succeed and would hold up
+    every later frame.
 
     Args:
         sink: Record sink to send through.
@@ -66,6 +69,7 @@ class BufferedFrameSink:
         self._thread: threading.Thread | None = None
         self.sent = 0
         self.dropped = 0
+        self.too_large = 0
         self.connected = False
         self.fatal_error: BaseException | None = None
         self._drain_deadline = 0.0
@@ -129,11 +133,30 @@ class BufferedFrameSink:
         if dropped:
             self._count_dropped(dropped)
 
+    def _refuse_too_large(self, batch: list[FrameMessage]) -> list[FrameMessage]:
+        limit = self._sink.max_request_size
+        kept = []
+        for frame in batch:
+            size = record_size(frame.key, frame.payload, frame.headers())
+            if size <= limit:
+                kept.append(frame)
+                continue
+            self.too_large += 1
+            logger.error("frame %s of %d bytes exceeds the record limit %d "
+                         "(LINEWATCH_KAFKA__MAX_MESSAGE_BYTES): dropped", frame.frame_id,
+                         size, limit)
+            self.dropped += 1
+            self._on_dropped(1)
+        if len(kept) != len(batch):
+            with self._cond:
+                self._in_flight = len(kept)
+        return kept
+
     def _run(self) -> None:
         while True:
-            batch = self._take()
+            batch = self._refuse_too_large(self._take())
             if not batch:
-                if self._closing:
+                if self._closing and not self.buffered:
                     return
                 continue
             try:

@@ -9,90 +9,177 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from pipeline.errors import ConfigurationError, TransportUnavailableError
 from pipeline.kafka.admin import PERMANENT_ERRORS, require_topics
 from pipeline.kafka.producer import KafkaRecordSink
 from pipeline.settings import KafkaSettings
-from pipeline.wire.dead_letters import DeadLetter, dead_letter_headers
+from pipeline.wire.dead_letters import (
+    HEADER_DLQ_OFFSET,
+    HEADER_DLQ_PARTITION,
+    HEADER_DLQ_PAYLOAD_SHA256,
+    HEADER_DLQ_REASON,
+    HEADER_DLQ_TOPIC,
+    DeadLetter,
+    dead_letter_record,
+    strip_payload,
+)
 from pipeline.wire.messages import ConsumedRecord, Headers
 
 logger = logging.getLogger(__name__)
 
 
-class KafkaDeadLetterSink:
-    """Sends unprocessable records to the dead-letter topic, never losing one.
+#: The broker (or the client's own size check) refused the record as too large.
+_TOO_LARGE: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, RecordListTooLargeError)
 
-    Each dead letter keeps the original key, bytes and headers, and adds the reason, a
-    detail and the origin (topic/partition/offset). A letter stays pending until the
-    broker acknowledged it: :meth:`flush` waits for every pending letter and sends again
-    the ones that failed (through a fresh producer), raising
-    :class:`TransportUnavailableError` until all are acknowledged, so the worker commits
-    a batch's offsets only after its dead letters are safe.
+
+@dataclass
+class _Letter:
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    future: Any = None
+    error: BaseException | None = None  # a refusal seen at send time
+
+    @property
+    def stripped(self) -> bool:
+        return any(k == HEADER_DLQ_PAYLOAD_SHA256 for k, _ in self.headers)
+
+
+class KafkaDeadLetterSink:
+    """Sends unprocessable records to the dead-letter topic; never blocks a partition.
+
+    Each dead letter keeps the original key, headers and (when it fits the record limit)
+    bytes, and adds the reason, a detail and the origin (topic/partition/offset). A letter
+    stays pending until the broker acknowledged it: :meth:`flush` waits for every pending
+    letter and sends again the ones that failed transiently (through a fresh producer),
+    raising :class:`TransportUnavailableError` until all are acknowledged, so the worker
+    commits a batch's offsets only after its dead letters are safe.
+
+    A letter refused as too large is sent once more without its payload (digest and size
+    instead); refused again, it is logged with its origin and counted (``on_dropped``),
+    and the batch goes on: the original record stays in the frames topic until retention.
 
     Args:
         sink: Record sink.
         topic: Dead-letter topic.
         worker_id: Recorded in each dead letter.
+        max_message_bytes: The record limit (``KafkaSettings.max_message_bytes``).
+        on_dropped: Called with the reason of each letter that could not be sent at all.
     """
 
-    def __init__(self, sink: KafkaRecordSink, topic: str, worker_id: str) -> None:
+    def __init__(self, sink: KafkaRecordSink, topic: str, worker_id: str,
+                 max_message_bytes: int = 8 * 1024 * 1024,
+                 on_dropped: Callable[[str], None] | None = None) -> None:
         self._sink = sink
         self._topic = topic
         self._worker_id = worker_id
-        self._pending: list[tuple[bytes | None, bytes | None, Headers, Any]] = []
+        self._max_bytes = max_message_bytes
+        self._on_dropped = on_dropped
+        self._pending: list[_Letter] = []
         self._lock = threading.Lock()
+        self.dropped = 0
 
-    def _send(self, key: bytes | None, value: bytes | None, headers: Headers) -> Any:
+    def _send(self, letter: _Letter) -> _Letter:
+        letter.future, letter.error = None, None
         try:
-            return self._sink.send(self._topic, key, value, headers)
+            letter.future = self._sink.send(self._topic, letter.key, letter.value,
+                                            letter.headers)
         except PERMANENT_ERRORS as error:
             raise ConfigurationError(f"Kafka refused the dead letter: {error}") from error
+        except _TOO_LARGE as error:
+            letter.error = error
         except (KafkaError, TransportUnavailableError) as error:
             logger.warning("dead letter not sent yet (%s); flush retries it", error)
-            return None
+        return letter
 
     def dead_letter(self, record: ConsumedRecord, reason: str, detail: str) -> None:
         """Queue one dead letter (acknowledged by :meth:`flush`); never blocks for long."""
-        headers = dead_letter_headers(record, reason, detail, self._worker_id)
-        future = self._send(record.key, record.value, headers)
+        key, value, headers = dead_letter_record(record, reason, detail, self._worker_id,
+                                                 self._max_bytes)
+        letter = self._send(_Letter(key, value, headers))
         with self._lock:
-            self._pending.append((record.key, record.value, headers, future))
+            self._pending.append(letter)
 
     def flush(self, timeout_s: float) -> None:
-        """Wait until every pending dead letter is acknowledged.
+        """Wait until every pending dead letter is acknowledged (or given up as too large).
 
         Raises:
             TransportUnavailableError: Some were not; they are sent again and stay
                 pending for the next call.
+            ConfigurationError: Kafka refused our credentials or permissions.
         """
         with self._lock:
             pending, self._pending = self._pending, []
         deadline = time.monotonic() + timeout_s
-        failed: list[tuple[bytes | None, bytes | None, Headers]] = []
-        for key, value, headers, future in pending:
-            if future is None:
-                failed.append((key, value, headers))
+        failed: list[_Letter] = []
+        refused: list[_Letter] = []
+        for letter in pending:
+            if letter.error is not None:
+                refused.append(letter)
+                continue
+            if letter.future is None:
+                failed.append(letter)
                 continue
             try:
-                future.get(timeout=max(0.01, deadline - time.monotonic()))
+                letter.future.get(timeout=max(0.01, deadline - time.monotonic()))
             except PERMANENT_ERRORS as error:
                 raise ConfigurationError(f"Kafka refused the dead letter: {error}") from error
+            except _TOO_LARGE as error:
+                letter.error = error
+                refused.append(letter)
             except KafkaError:
-                failed.append((key, value, headers))
+                failed.append(letter)
+        for letter in refused:
+            if letter.stripped:
+                self._drop(letter)
+                continue
+            key, _, headers = strip_payload(letter.key, letter.value, letter.headers,
+                                            self._max_bytes)
+            logger.warning("dead letter refused as too large (%s); sending it without its "
+                           "payload", letter.error)
+            retry = self._send(_Letter(key, None, headers))
+            if retry.error is not None:
+                self._drop(retry)
+            elif retry.future is None:
+                failed.append(retry)
+            else:
+                self._await(retry, deadline, failed)
         if not failed:
             return
         self._sink.reset()
-        retried = [(key, value, headers, self._send(key, value, headers))
-                   for key, value, headers in failed]
+        retried = [self._send(letter) for letter in failed]
         with self._lock:
             self._pending = retried + self._pending
         raise TransportUnavailableError(f"{len(failed)} dead letter(s) not acknowledged yet")
+
+    def _await(self, letter: _Letter, deadline: float, failed: list[_Letter]) -> None:
+        try:
+            letter.future.get(timeout=max(0.01, deadline - time.monotonic()))
+        except PERMANENT_ERRORS as error:
+            raise ConfigurationError(f"Kafka refused the dead letter: {error}") from error
+        except _TOO_LARGE as error:
+            letter.error = error
+            self._drop(letter)
+        except KafkaError:
+            failed.append(letter)
+
+    def _drop(self, letter: _Letter) -> None:
+        fields = {k: (v or b"").decode("utf-8", "replace") for k, v in letter.headers}
+        reason = fields.get(HEADER_DLQ_REASON, "")
+        logger.error("dead letter dropped, refused even without its payload (%s): reason %s, "
+                     "origin %s/%s@%s (the original stays in that topic until retention)",
+                     letter.error, reason, fields.get(HEADER_DLQ_TOPIC),
+                     fields.get(HEADER_DLQ_PARTITION), fields.get(HEADER_DLQ_OFFSET))
+        self.dropped += 1
+        if self._on_dropped is not None:
+            self._on_dropped(reason)
 
 
 def read_dead_letters(kafka: KafkaSettings, from_offset: int = 0,

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from pipeline.errors import ConfigurationError, TransportUnavailableError
 from pipeline.kafka.admin import PERMANENT_ERRORS
@@ -24,7 +24,8 @@ class KafkaRecordSink:
     """Plain producer: send records, flush. Thread-safe (kafka-python's producer is).
 
     Defaults keep frames safe on a replicated Apache Kafka: ``acks="all"``, retries until
-    ``delivery_timeout_ms``, idempotence on (settings), and never creating topics. After a
+    ``delivery_timeout_ms``, idempotence on (settings), never creating topics, and the
+    one record limit of every process (``max_request_size`` = ``max_message_bytes``). After a
     failed :meth:`send_all` the producer is rebuilt on next use (:meth:`reset`): a broker
     that restarted without its log (tansu) no longer knows the idempotent producer id and
     answers ``UnknownProducerIdError``/``OutOfOrderSequenceNumberError`` forever, and a
@@ -40,10 +41,16 @@ class KafkaRecordSink:
         self._kafka = kafka
         self._options = {"acks": "all", "enable_idempotence": kafka.enable_idempotence,
                          "linger_ms": 5, "allow_auto_create_topics": False,
+                         "max_request_size": kafka.max_message_bytes,
                          "max_block_ms": kafka.request_timeout_ms, **producer_options}
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
         self.resets = 0
+
+    @property
+    def max_request_size(self) -> int:
+        """The largest record this producer sends (bytes)."""
+        return int(self._options["max_request_size"])
 
     @property
     def options(self) -> dict[str, Any]:
@@ -72,7 +79,8 @@ class KafkaRecordSink:
 
         Raises:
             TransportUnavailableError: Any record was not acknowledged in time.
-            ConfigurationError: The broker refused us permanently.
+            ConfigurationError: The broker refused us permanently, or refused a record as
+                too large (resending cannot help: the record limits disagree).
         """
         try:
             futures = [self.send(topic, key, value, headers) for key, value, headers in records]
@@ -81,6 +89,11 @@ class KafkaRecordSink:
                 future.get(timeout=max(0.01, deadline - time.monotonic()))
         except PERMANENT_ERRORS as error:
             raise ConfigurationError(f"Kafka refused the write: {error}") from error
+        except (MessageSizeTooLargeError, RecordListTooLargeError) as error:
+            raise ConfigurationError(
+                f"Kafka refused a record as too large ({error}); keep "
+                f"LINEWATCH_KAFKA__MAX_MESSAGE_BYTES ({self.max_request_size}) at or below "
+                f"the topic's max.message.bytes") from error
         except KafkaError as error:
             self.reset()
             raise TransportUnavailableError(f"Kafka write failed: {error}") from error

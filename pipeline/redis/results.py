@@ -8,8 +8,9 @@ overwrites its keys and never duplicates its stream entries.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 import redis
@@ -19,41 +20,79 @@ from pipeline.errors import ConfigurationError, TransportUnavailableError
 from pipeline.redis.client import PERMANENT_REDIS_ERRORS, UNREACHABLE_ERRORS, connect, ping
 from pipeline.settings import RedisSettings
 from pipeline.wire.layout import RedisKeys
-from pipeline.wire.messages import ResultMessage, StoredResult
+from pipeline.wire.messages import ResultMessage, StoredResult, reused_frame_id
 
 logger = logging.getLogger(__name__)
 
 _STORE_SCRIPT = """
-local existed = redis.call('EXISTS', KEYS[1])
-local ttl = tonumber(ARGV[4])
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ttl) end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'EX', ttl) end
-local current = redis.call('GET', KEYS[4])
-if (not current) or tonumber(cjson.decode(current)['capture_ts']) <= tonumber(ARGV[5]) then
-  redis.call('SET', KEYS[4], ARGV[1])
+local function decoded(raw)
+  local ok, value = pcall(cjson.decode, raw)
+  if ok and type(value) == 'table' then return value end
+  return {}
 end
-if existed == 0 then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'result', ARGV[1])
-  if ARGV[6] == '1' then
-    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'result', ARGV[1])
+local json, rk, hk, fk, status = ARGV[1], KEYS[1], KEYS[2], KEYS[3], 0
+local prior = redis.call('GET', rk)
+if prior then
+  local old_digest = decoded(prior)['content_digest']
+  if ARGV[11] ~= '' and type(old_digest) == 'string' and old_digest ~= ''
+      and old_digest ~= ARGV[11] then
+    -- the same frame id with different content: a new frame under its own id
+    json, rk, hk, fk, status = ARGV[12], KEYS[9], KEYS[10], KEYS[11], 2
+    prior = redis.call('GET', rk)
   end
+end
+local old_label = false
+if prior then
+  old_label = decoded(prior)['label'] == true
+  status = 1
+end
+local ttl = tonumber(ARGV[4])
+redis.call('SET', rk, json, 'EX', ttl)
+if ARGV[2] ~= '' then redis.call('SET', hk, ARGV[2], 'EX', ttl) end
+if ARGV[3] ~= '' then redis.call('SET', fk, ARGV[3], 'EX', ttl) end
+local current = redis.call('GET', KEYS[4])
+local current_ts = current and tonumber(decoded(current)['capture_ts'])
+-- "latest" follows capture time, but a stored time beyond now + the allowed lead
+-- (written before the window existed, or by a skewed clock) never pins it
+if (not current_ts) or current_ts <= tonumber(ARGV[5]) or current_ts > tonumber(ARGV[13]) then
+  redis.call('SET', KEYS[4], json)
+end
+if status ~= 1 then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'result', json)
+  if ARGV[6] == '1' then
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'result', json)
+  end
+elseif ARGV[6] == '1' and not old_label then
+  -- a replay judged anomalous where the first verdict was not: the alert still goes out
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'result', json)
 end
 redis.call('SADD', KEYS[7], ARGV[7])
 redis.call('SADD', KEYS[8], ARGV[8])
-return existed
+return status
 """
+
+#: What the store script did with one result.
+STORED_NEW, STORED_REPLAY, STORED_REUSED_ID = 0, 1, 2
 
 
 class RedisResultSink:
     """Writes results idempotently; connects lazily; context manager.
 
+    A replay (same camera, frame id and content digest) overwrites its keys and adds no
+    stream entry; the same frame id with different content is stored as a new frame under
+    :func:`~pipeline.wire.messages.reused_frame_id`. An anomalous verdict always reaches
+    the alert stream. A camera's ``latest`` follows capture time, except that a stored
+    capture time more than ``max_capture_lead_s`` ahead of now never pins it.
+
     Args:
         settings: Redis section (URL, prefix, TTL, stream caps, timeouts).
+        max_capture_lead_s: How far ahead of now a capture time may be.
     """
 
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, max_capture_lead_s: float = 300.0) -> None:
         self._settings = settings
+        self._max_lead_s = max_capture_lead_s
+        self.reused_ids = 0
         self.keys = RedisKeys(settings.key_prefix)
         self._client: redis.Redis | None = None
         self._script: object | None = None
@@ -86,7 +125,8 @@ class RedisResultSink:
             items: Results to store.
 
         Returns:
-            For each item, True when it was new (False: a replay that overwrote).
+            For each item, True when it was new (False: a replay that overwrote); a
+            reused frame id with new content is new.
 
         Raises:
             TransportUnavailableError: Redis cannot be reached; nothing can be assumed
@@ -98,19 +138,24 @@ class RedisResultSink:
         settings = self._settings
         client = self._connection()
         pipe = client.pipeline(transaction=False)
+        latest_cap = repr(time.time() + self._max_lead_s)
         for item in items:
             r = item.result
+            other = reused_frame_id(r.frame_id, r.content_digest or "0" * 12)
             keys = [
                 self.keys.result(r.camera_id, r.frame_id),
                 self.keys.heatmap(r.camera_id, r.frame_id),
                 self.keys.frame(r.camera_id, r.frame_id), self.keys.latest(r.camera_id),
                 self.keys.results(r.product_line), self.keys.alerts(r.product_line),
                 self.keys.lines(), self.keys.cameras(r.product_line),
+                self.keys.result(r.camera_id, other), self.keys.heatmap(r.camera_id, other),
+                self.keys.frame(r.camera_id, other),
             ]
             args = [
                 r.to_json(), item.heatmap_png, item.frame_jpeg, settings.result_ttl_s,
                 repr(r.capture_ts), "1" if r.label else "0", r.product_line, r.camera_id,
-                settings.stream_maxlen, settings.alert_stream_maxlen,
+                settings.stream_maxlen, settings.alert_stream_maxlen, r.content_digest,
+                replace(r, frame_id=other).to_json(), latest_cap,
             ]
             self._script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
         try:
@@ -123,7 +168,9 @@ class RedisResultSink:
             raise TransportUnavailableError(f"Redis unavailable: {error}") from error
         except RedisError as error:
             raise TransportUnavailableError(f"Redis refused the write: {error}") from error
-        return [int(flag) == 0 for flag in existed]
+        statuses = [int(flag) for flag in existed]
+        self.reused_ids += statuses.count(STORED_REUSED_ID)
+        return [status != STORED_REPLAY for status in statuses]
 
     def _reset(self) -> None:
         if self._client is not None:

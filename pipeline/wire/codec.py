@@ -14,7 +14,11 @@ import cv2
 import numpy as np
 
 from pipeline.errors import DecodeError, FrameError
+from pipeline.wire.image_headers import declared_size
 from pipeline.wire.messages import Encoding, FrameMessage
+
+#: Bytes one decoded pixel takes (HxWx3 uint8).
+BYTES_PER_PIXEL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +29,19 @@ class ImageLimits:
         min_side: Smallest accepted width or height in pixels.
         max_side: Largest accepted width or height in pixels.
         max_payload_bytes: Largest accepted payload.
+        max_pixels: Largest accepted width x height, checked against what the image
+            header declares before anything is decoded.
     """
 
     min_side: int = 16
     max_side: int = 4096
     max_payload_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        """Largest decoded image this codec returns (``max_pixels`` x 3 bytes)."""
+        return self.max_pixels * BYTES_PER_PIXEL
 
 
 def encode_image(
@@ -65,6 +77,9 @@ def encode_image(
 def decode_frame(frame: FrameMessage, limits: ImageLimits) -> np.ndarray:
     """Decode a frame's payload into an RGB image, checking it against the limits.
 
+    The headers' size and the size the image file itself declares are both checked
+    before any pixel is decoded (a small file may declare a huge image).
+
     Args:
         frame: The frame message.
         limits: Accepted bounds.
@@ -74,7 +89,8 @@ def decode_frame(frame: FrameMessage, limits: ImageLimits) -> np.ndarray:
 
     Raises:
         FrameError: ``image_too_small`` / ``image_too_large`` / ``message_too_large``.
-        DecodeError: ``empty_payload``, ``undecodable_payload`` or ``size_mismatch``.
+        DecodeError: ``empty_payload``, ``undecodable_payload``, ``unsupported_format`` or
+            ``size_mismatch``.
     """
     check_size(frame.width, frame.height, limits)
     if len(frame.payload) > limits.max_payload_bytes:
@@ -93,11 +109,23 @@ def decode_frame(frame: FrameMessage, limits: ImageLimits) -> np.ndarray:
                 reason="size_mismatch",
             )
         return np.frombuffer(frame.payload, np.uint8).reshape(frame.height, frame.width, 3)
+    declared = declared_size(frame.payload)
+    check_size(declared.width, declared.height, limits)
+    if (declared.width, declared.height) != (frame.width, frame.height):
+        raise DecodeError(
+            f"the {declared.format} header declares {declared.width}x{declared.height}, "
+            f"headers say {frame.width}x{frame.height}",
+            reason="size_mismatch",
+        )
     buffer = np.frombuffer(frame.payload, np.uint8)
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as error:  # OpenCV's own limits: a backstop, never a crash
+        raise DecodeError(f"OpenCV refused the {declared.format} payload: "
+                          f"{str(error).strip()[-200:]}") from None
     if bgr is None:
-        raise DecodeError("payload is not a decodable JPEG")
-    if bgr.shape[:2] != (frame.height, frame.width):
+        raise DecodeError(f"payload is not a decodable {declared.format} image")
+    if bgr.ndim != 3 or bgr.shape[:2] != (frame.height, frame.width):
         raise DecodeError(
             f"decoded image is {bgr.shape[1]}x{bgr.shape[0]}, headers say "
             f"{frame.width}x{frame.height}",
@@ -107,7 +135,7 @@ def decode_frame(frame: FrameMessage, limits: ImageLimits) -> np.ndarray:
 
 
 def check_size(width: int, height: int, limits: ImageLimits) -> None:
-    """Refuse images whose sides fall outside the limits (before decoding anything).
+    """Refuse images whose sides or pixel count fall outside the limits (before decoding).
 
     Raises:
         FrameError: ``image_too_small`` or ``image_too_large``.
@@ -119,6 +147,11 @@ def check_size(width: int, height: int, limits: ImageLimits) -> None:
     if max(width, height) > limits.max_side:
         raise FrameError(
             f"image {width}x{height} is larger than {limits.max_side} px", reason="image_too_large"
+        )
+    if width * height > limits.max_pixels:
+        raise FrameError(
+            f"image {width}x{height} has more than {limits.max_pixels} pixels",
+            reason="image_too_large",
         )
 
 

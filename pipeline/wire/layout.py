@@ -108,14 +108,14 @@ def check_version(version: str) -> str:
     Raises:
         ValueError: It is not.
     """
-    if not _VERSION_PATTERN.match(version):
+    if not _VERSION_PATTERN.fullmatch(version):
         raise ValueError(f"model version {version!r} is not a safe file name")
     return version
 
 
 def is_version(name: str) -> bool:
     """Whether ``name`` is a safe version name."""
-    return _VERSION_PATTERN.match(name) is not None
+    return _VERSION_PATTERN.fullmatch(name) is not None
 
 
 def line_dir(root: Path, line: str) -> Path:

@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from enum import StrEnum
 from typing import Any
 
@@ -28,7 +29,8 @@ FRAME_SCHEMA_VERSION = 1
 RESULT_SCHEMA_VERSION = 1
 
 #: Camera ids, product lines and frame ids become parts of Redis keys: keep them tame.
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Always matched whole (``fullmatch``): ``$`` alone would let a trailing newline through.
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 HEADER_SCHEMA = "lw-schema"
 HEADER_CAMERA = "lw-camera"
@@ -62,7 +64,7 @@ def validate_id(value: str, what: str) -> str:
     Raises:
         SchemaError: If it is empty, too long or has characters outside ``[A-Za-z0-9._-]``.
     """
-    if not isinstance(value, str) or not _ID_PATTERN.match(value):
+    if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value):
         raise SchemaError(
             f"{what} {value!r} is not 1-128 characters of [A-Za-z0-9._-] starting alphanumeric",
             reason="invalid_headers",
@@ -72,7 +74,7 @@ def validate_id(value: str, what: str) -> str:
 
 def is_valid_id(value: str) -> bool:
     """Whether ``value`` passes :func:`validate_id` (for input that may be anything)."""
-    return isinstance(value, str) and _ID_PATTERN.match(value) is not None
+    return isinstance(value, str) and _ID_PATTERN.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +279,9 @@ class ResultMessage:
         timings: Per-stage timings.
         stored_ts: When the worker wrote the result, seconds since the Unix epoch.
         worker_id: Which worker judged it.
+        content_digest: SHA-256 (hex, first 32 characters) of the frame's payload: a
+            frame id reused for different content is stored as a new frame
+            (:func:`reused_frame_id`), the same content again is a replay.
         schema_version: Result schema version.
     """
 
@@ -291,6 +296,7 @@ class ResultMessage:
     timings: Timings
     stored_ts: float = 0.0
     worker_id: str = ""
+    content_digest: str = ""
     schema_version: int = field(default=RESULT_SCHEMA_VERSION)
 
     def to_json(self) -> str:
@@ -312,9 +318,20 @@ class ResultMessage:
                     reason="unknown_schema_version",
                 )
             timings = Timings(**data.pop("timings"))
-            return cls(timings=timings, **data)
+            known = {f.name for f in dataclass_fields(cls)}  # fields added later are ignored
+            return cls(timings=timings, **{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError, KeyError) as error:
             raise SchemaError(f"result JSON is malformed: {error}") from None
+
+
+def reused_frame_id(frame_id: str, content_digest: str) -> str:
+    """The id under which a reused frame id's different content is stored.
+
+    ``<frame id>.<first 12 digest characters>`` (the frame id cut so the whole stays a
+    valid id): a camera that restarts its frame counter never hides a new frame as a
+    replay of an old one.
+    """
+    return f"{frame_id[:115]}.{content_digest[:12]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
+from pipeline.errors import ConfigurationError
 from pipeline.kafka.admin import require_topics
 from pipeline.kafka.producer import KafkaRecordSink
 from pipeline.settings import KafkaSettings
@@ -20,6 +21,7 @@ from pipeline.wire.dead_letters import (
     HEADER_DLQ_DETAIL,
     HEADER_DLQ_OFFSET,
     HEADER_DLQ_PARTITION,
+    HEADER_DLQ_PAYLOAD_BYTES,
     HEADER_DLQ_TOPIC,
     DeadLetter,
 )
@@ -33,7 +35,13 @@ def describe(letter: DeadLetter) -> str:
             f"@{letter.header(HEADER_DLQ_OFFSET)}\tcamera={letter.header(HEADER_CAMERA) or '-'}"
             f"\tline={letter.header(HEADER_LINE) or '-'}"
             f"\tframe={letter.header(HEADER_FRAME_ID) or '-'}"
-            f"\t{len(letter.value or b'')} bytes\t{letter.header(HEADER_DLQ_DETAIL)}")
+            f"\t{_size(letter)}\t{letter.header(HEADER_DLQ_DETAIL)}")
+
+
+def _size(letter: DeadLetter) -> str:
+    if letter.payload_stripped:
+        return f"{letter.header(HEADER_DLQ_PAYLOAD_BYTES)} bytes (payload not kept)"
+    return f"{len(letter.value or b'')} bytes"
 
 
 def select(letters: Iterable[DeadLetter], reason: str | None = None, line: str | None = None,
@@ -57,9 +65,21 @@ def replay(kafka: KafkaSettings, letters: Sequence[DeadLetter], timeout_s: float
 
     Raises:
         TransportUnavailableError: Not all were acknowledged.
+        ConfigurationError: Some letters carry no payload (they were too large for the
+            dead-letter topic); nothing is replayed. Their originals are in the frames
+            topic at the offsets ``list`` shows; filter them out or re-send the originals.
     """
+    stripped = [d for d in letters if d.payload_stripped]
+    if stripped:
+        where = ", ".join(f"{d.header(HEADER_DLQ_TOPIC)}/{d.header(HEADER_DLQ_PARTITION)}"
+                          f"@{d.header(HEADER_DLQ_OFFSET)}" for d in stripped[:5])
+        raise ConfigurationError(
+            f"{len(stripped)} dead letter(s) carry no payload (too large for the dead-letter "
+            f"topic; the originals are at {where}{', ...' if len(stripped) > 5 else ''}); "
+            "nothing replayed: narrow the selection (--reason, --from-offset) to letters "
+            "with payloads")
     require_topics(kafka, [kafka.frames_topic])
-    with KafkaRecordSink(kafka, max_request_size=64 * 1024 * 1024) as sink:
+    with KafkaRecordSink(kafka) as sink:
         sink.send_all(kafka.frames_topic,
                       [(d.key, d.value, d.original_headers()) for d in letters], timeout_s)
     return len(letters)

@@ -20,6 +20,7 @@ from pipeline.redis.model_events import ModelUpdateListener
 from pipeline.redis.results import RedisResultSink
 from pipeline.runtimes import pytorch
 from workers import startup
+from workers.inference.admission import CaptureWindow
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.settings import WorkerSettings
 from workers.inference.worker import InferenceWorker
@@ -49,22 +50,32 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        max_partition_fetch_bytes=settings.limits.max_message_bytes + 65536,
+        # one record limit everywhere: a frame that fits the topic is always fetched
+        max_partition_fetch_bytes=kafka.max_message_bytes,
+        fetch_max_bytes=max(kafka.max_message_bytes, 50 * 1024 * 1024),
         client_id=settings.worker_id,
     ))
     dead_letter_producer = stack.enter_context(KafkaRecordSink(kafka))
-    sink = stack.enter_context(RedisResultSink(settings.redis))
+    sink = stack.enter_context(RedisResultSink(settings.redis,
+                                               settings.limits.max_capture_lead_s))
     if not sink.ping():  # refused credentials raise ConfigurationError: exit at once
         logger.warning("Redis does not answer yet; results wait until it does")
     return InferenceWorker(
-        source, sink, KafkaDeadLetterSink(dead_letter_producer, kafka.dead_letter_topic,
-                                          settings.worker_id),
+        source, sink, KafkaDeadLetterSink(
+            dead_letter_producer, kafka.dead_letter_topic, settings.worker_id,
+            kafka.max_message_bytes,
+            on_dropped=lambda reason: metrics.dead_letters_dropped.labels(reason=reason).inc()),
         store, worker_id=settings.worker_id,
         max_batch_size=settings.batching.max_batch_size,
-        max_wait_ms=settings.batching.max_wait_ms, limits=settings.limits.image_limits(),
+        max_wait_ms=settings.batching.max_wait_ms,
+        limits=settings.limits.image_limits(kafka.max_message_bytes),
         metrics=metrics, decode_threads=settings.batching.decode_threads,
         store_frames=settings.redis.store_frames,
-        retry_backoff_max_s=settings.retry_backoff_max_s)
+        retry_backoff_max_s=settings.retry_backoff_max_s,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+        window=CaptureWindow(settings.limits.max_capture_age_s,
+                             settings.limits.max_capture_lead_s),
+        probe_interval_s=settings.readiness_probe_s)
 
 
 def _run(started: startup.Started[WorkerSettings]) -> int:

@@ -25,6 +25,10 @@ class WorkerMetrics:
         self.dead_letters = Counter("linewatch_worker_dead_letters_total",
                                     "Records sent to the dead-letter topic.", ["reason"],
                                     registry=r)
+        self.dead_letters_dropped = Counter(
+            "linewatch_worker_dead_letters_dropped_total", "Dead letters the dead-letter topic "
+            "refused even without their payload (the original stays in the frames topic).",
+            ["reason"], registry=r)
         self.batch_size = Histogram("linewatch_worker_batch_size", "Frames per model call.",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.latency = Histogram("linewatch_worker_latency_seconds",
@@ -35,8 +39,8 @@ class WorkerMetrics:
         self.models_loaded = Gauge("linewatch_worker_model_loaded",
                                    "1 for each loaded (line, version).", ["line", "version"],
                                    registry=r)
-        self.redis_up = Gauge("linewatch_worker_redis_up", "1 when the last write succeeded.",
-                              registry=r)
+        self.redis_up = Gauge("linewatch_worker_redis_up",
+                              "1 when Redis answered the last write or ping.", registry=r)
         self.paused = Gauge("linewatch_worker_paused",
                             "1 while consumption is paused (Redis down).", registry=r)
         self.commits = Counter("linewatch_worker_commits_total", "Offset commits.", registry=r)

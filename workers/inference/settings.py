@@ -10,6 +10,9 @@ from pipeline.settings import HttpSettings, KafkaSettings, ProcessSettings, Redi
 from pipeline.wire.codec import ImageLimits
 from workers.startup import default_member_id
 
+#: Batches of decoded frames alive at once (decoding, in the model, queued, being stored).
+PIPELINE_DEPTH = 4
+
 
 class BatchingSettings(BaseModel):
     """Dynamic micro-batching knobs (Triton-style)."""
@@ -24,11 +27,19 @@ class LimitSettings(BaseModel):
 
     min_side: int = Field(default=16, ge=1)
     max_side: int = Field(default=4096, ge=1)
-    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(
+        default=4096 * 4096, ge=256, description="Largest width x height, checked against "
+        "what the image file declares before decoding (bounds the worker's memory).")
+    max_capture_age_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Frames captured longer ago than this are "
+        "dead-lettered (capture_time_out_of_window).")
+    max_capture_lead_s: float = Field(
+        default=300.0, ge=0, description="Frames stamped this far in the future (clock skew) "
+        "are dead-lettered (capture_time_out_of_window).")
 
-    def image_limits(self) -> ImageLimits:
-        """The codec's view of these limits."""
-        return ImageLimits(self.min_side, self.max_side, self.max_message_bytes)
+    def image_limits(self, max_message_bytes: int) -> ImageLimits:
+        """The codec's view of these limits (the payload limit is the Kafka record limit)."""
+        return ImageLimits(self.min_side, self.max_side, max_message_bytes, self.max_pixels)
 
 
 class WorkerSettings(ProcessSettings):
@@ -53,3 +64,18 @@ class WorkerSettings(ProcessSettings):
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     fetch_max_wait_ms: int = Field(default=100, ge=0)
     retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    shutdown_timeout_s: float = Field(
+        default=30.0, gt=0, description="After SIGTERM, stop within this long even while "
+        "Redis or Kafka are down (unstored frames stay uncommitted and are replayed); keep "
+        "it below Kubernetes' terminationGracePeriodSeconds.")
+    readiness_probe_s: float = Field(
+        default=2.0, gt=0, description="How often an idle worker pings Redis for /readyz.")
+
+    def memory_bound_bytes(self) -> int:
+        """Decoded frames a worker can hold at once, in bytes (the README's bound).
+
+        A batch being decoded, one batch in the model, one queued for the publisher and
+        one being stored: 4 batches of at most ``max_batch_size`` frames of
+        ``max_pixels`` x 3 bytes (plus the model, which is not counted here).
+        """
+        return PIPELINE_DEPTH * self.batching.max_batch_size * self.limits.max_pixels * 3

@@ -13,7 +13,14 @@ The batch loop reads like the spec:
 
 When Redis is unreachable the publisher retries with backoff, the bounded hand-off queue
 fills, and the main thread pauses its partitions (staying in the group) until Redis is
-back. SIGTERM finishes the batch in hand, stores it, commits and exits.
+back; ``ready`` (``/readyz``) is false while Redis does not answer, also when no frames
+flow (the idle publisher pings it). SIGTERM finishes the batch in hand, stores it,
+commits and exits, and every wait (the hand-off, Redis and dead-letter retries) gives up
+after ``shutdown_timeout_s``: what is not stored by then stays uncommitted and is replayed.
+
+No record can stop the loop: :func:`~workers.inference.admission.admit` turns any
+failure into a dead letter with a reason, a model call that fails on a batch is retried
+frame by frame, and only configuration errors end the process.
 """
 
 from __future__ import annotations
@@ -22,10 +29,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import numpy as np
 
@@ -36,80 +41,20 @@ from pipeline.errors import (
     TransportUnavailableError,
 )
 from pipeline.retry import Backoff, RetryAborted, retry
-from pipeline.runtimes import Detector
-from pipeline.wire.codec import ImageLimits, decode_frame, encode_heatmap_png, encode_image
+from pipeline.wire.codec import ImageLimits, encode_heatmap_png, encode_image
 from pipeline.wire.messages import (
     ConsumedRecord,
     Encoding,
-    FrameMessage,
     ResultMessage,
     StoredResult,
     Timings,
 )
+from workers.inference.admission import Admitted, CaptureWindow, admit
 from workers.inference.batching import MicroBatcher
 from workers.inference.metrics import WorkerMetrics
+from workers.inference.ports import DeadLetterSink, FrameSource, ModelProvider, ResultSink
 
 logger = logging.getLogger(__name__)
-
-
-class FrameSource(Protocol):
-    """Where frames come from (a Kafka consumer-group member in production)."""
-
-    def poll(self, timeout_ms: float, max_records: int) -> list[ConsumedRecord]:
-        """Up to ``max_records`` records within ``timeout_ms``."""
-        ...
-
-    def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
-        """Commit (topic, partition) -> next offset."""
-        ...
-
-    def pause(self) -> None:
-        """Stop fetching, keep the membership."""
-        ...
-
-    def resume(self) -> None:
-        """Fetch again."""
-        ...
-
-    def lag(self) -> Mapping[tuple[str, int], int]:
-        """Records behind the end of each assigned (topic, partition)."""
-        ...
-
-
-class ResultSink(Protocol):
-    """Where results go (Redis in production)."""
-
-    def store(self, items: Sequence[StoredResult]) -> list[bool]:
-        """Store a batch idempotently; raise TransportUnavailableError when down."""
-        ...
-
-
-class DeadLetterSink(Protocol):
-    """Where unprocessable frames go (a Kafka topic in production)."""
-
-    def dead_letter(self, record: ConsumedRecord, reason: str, detail: str) -> None:
-        """Queue one dead letter."""
-        ...
-
-    def flush(self, timeout_s: float) -> None:
-        """Wait until queued dead letters are acknowledged (TransportUnavailableError)."""
-        ...
-
-
-class ModelProvider(Protocol):
-    """Gives the current model of a product line."""
-
-    def get(self, line: str) -> Detector:
-        """The line's model (ModelNotFoundError when there is none)."""
-        ...
-
-
-@dataclass(slots=True)
-class _Decoded:
-    record: ConsumedRecord
-    frame: FrameMessage
-    image: np.ndarray
-    decode_ms: float
 
 
 @dataclass(slots=True)
@@ -139,8 +84,10 @@ class InferenceWorker:
         decode_threads: Threads for decoding and PNG encoding.
         store_frames: Also store each frame's JPEG in Redis.
         retry_backoff_max_s: Largest delay between Redis retries.
-        shutdown_timeout_s: How long a stopping worker keeps retrying Redis before it
-            gives up (unstored batches stay uncommitted and are replayed).
+        shutdown_timeout_s: How long a stopping worker keeps waiting for Redis and Kafka
+            before it gives up (unstored batches stay uncommitted and are replayed).
+        window: Accepted capture times.
+        probe_interval_s: How often an idle publisher pings Redis (readiness).
     """
 
     def __init__(self, source: FrameSource, sink: ResultSink, dead_letters: DeadLetterSink,
@@ -148,7 +95,8 @@ class InferenceWorker:
                  max_wait_ms: float = 20.0, limits: ImageLimits | None = None,
                  metrics: WorkerMetrics | None = None, decode_threads: int = 2,
                  store_frames: bool = True, retry_backoff_max_s: float = 10.0,
-                 shutdown_timeout_s: float = 30.0) -> None:
+                 shutdown_timeout_s: float = 30.0, window: CaptureWindow | None = None,
+                 probe_interval_s: float = 2.0) -> None:
         self._source = source
         self._sink = sink
         self._dead_letters = dead_letters
@@ -165,9 +113,14 @@ class InferenceWorker:
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
         self._done: queue.SimpleQueue[dict[tuple[str, int], int]] = queue.SimpleQueue()
         self._publisher: threading.Thread | None = None
+        self._window = window or CaptureWindow()
+        self._probe_interval_s = probe_interval_s
         self._stop = threading.Event()
-        self._stopping_deadline = float("inf")
-        self.ready = False
+        self._abort = threading.Event()  # set shutdown_timeout_s after the stop
+        self._abort_timer: threading.Timer | None = None
+        self._stop_deadline = float("inf")
+        self._polling = False
+        self._redis_up = True
         self.alive = True
         self.fatal_error: BaseException | None = None
 
@@ -190,6 +143,23 @@ class InferenceWorker:
         """Ask the loop to finish the batch in hand and exit."""
         self._stop.set()
 
+    @property
+    def ready(self) -> bool:
+        """Consuming, not paused, and Redis answered its last write or ping."""
+        return self._polling and self._redis_up and not self._stop.is_set()
+
+    def _set_redis_up(self, up: bool) -> None:
+        self._redis_up = up
+        self.metrics.redis_up.set(1 if up else 0)
+
+    def _begin_stopping(self) -> None:
+        """Start the shutdown clock once: after it, every wait gives up."""
+        if self._abort_timer is None:
+            self._stop_deadline = time.monotonic() + self._shutdown_timeout_s
+            self._abort_timer = threading.Timer(self._shutdown_timeout_s, self._abort.set)
+            self._abort_timer.daemon = True
+            self._abort_timer.start()
+
     def step(self) -> None:
         """One turn of the loop: commit what is stored, poll, run a batch when due."""
         self._commit_done()
@@ -199,7 +169,7 @@ class InferenceWorker:
         room = self._batcher.room()
         if room:
             records = self._source.poll(timeout_ms, room)
-            self.ready = True
+            self._polling = True
             for record in records:
                 self._batcher.add(record, record.received_monotonic)
             self.metrics.frames_in.inc(len(records))
@@ -209,19 +179,25 @@ class InferenceWorker:
             self._run_batch(self._batcher.take())
 
     def _tear_down(self) -> None:
-        logger.info("worker %s: stopping; finishing %d frame(s) in hand", self.worker_id,
-                    len(self._batcher))
-        self.ready = False
-        self._stopping_deadline = time.monotonic() + self._shutdown_timeout_s
+        logger.info("worker %s: stopping within %.0fs; finishing %d frame(s) in hand",
+                    self.worker_id, self._shutdown_timeout_s, len(self._batcher))
+        self._stop.set()
+        self._polling = False
+        self._begin_stopping()
         try:
-            while len(self._batcher) and self.fatal_error is None:
+            while len(self._batcher) and self.fatal_error is None and not self._abort.is_set():
                 self._run_batch(self._batcher.take())
         finally:
-            self._jobs.put(None)
+            self._hand_over(None)
             if self._publisher is not None:
-                self._publisher.join()
+                self._publisher.join(max(0.1, self._stop_deadline - time.monotonic()) + 1.0)
+                if self._publisher.is_alive():
+                    logger.error("the publisher did not finish in time; unstored frames "
+                                 "stay uncommitted and are replayed")
             self._commit_done()
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
             self.alive = False
             logger.info("worker %s: stopped", self.worker_id)
 
@@ -232,33 +208,23 @@ class InferenceWorker:
         for record in records:
             key = (record.topic, record.partition)
             job.next_offsets[key] = max(job.next_offsets.get(key, 0), record.offset + 1)
-        decoded: list[_Decoded] = []
-        for record, outcome in zip(records, self._pool.map(self._decode, records), strict=True):
+        decoded: list[Admitted] = []
+        for record, outcome in zip(records, self._pool.map(self._admit, records), strict=True):
             if isinstance(outcome, FrameError):
                 self._dead_letter(job, record, outcome)
             else:
                 decoded.append(outcome)
-        by_line: dict[str, list[_Decoded]] = {}
+        by_line: dict[str, list[Admitted]] = {}
         for item in decoded:
             by_line.setdefault(item.frame.product_line, []).append(item)
         for line, items in by_line.items():
             self._infer_line(job, line, items, started)
         self._submit(job)
 
-    def _decode(self, record: ConsumedRecord) -> _Decoded | FrameError:
-        started = time.perf_counter()
-        try:
-            size = len(record.value or b"")
-            if size > self._limits.max_payload_bytes:
-                raise FrameError(f"message of {size} bytes exceeds "
-                                 f"{self._limits.max_payload_bytes}", reason="message_too_large")
-            frame = FrameMessage.from_record(record.key, record.headers, record.value)
-            image = decode_frame(frame, self._limits)
-        except FrameError as error:
-            return error
-        return _Decoded(record, frame, image, (time.perf_counter() - started) * 1000.0)
+    def _admit(self, record: ConsumedRecord) -> Admitted | FrameError:
+        return admit(record, self._limits, self._window)
 
-    def _infer_line(self, job: _Job, line: str, items: list[_Decoded], started: float) -> None:
+    def _infer_line(self, job: _Job, line: str, items: list[Admitted], started: float) -> None:
         try:
             model = self._models.get(line)
         except ModelNotFoundError as error:
@@ -268,12 +234,17 @@ class InferenceWorker:
         infer_start = time.perf_counter()
         try:
             prediction = model.predict([item.image for item in items])
-        except (RuntimeError, ValueError) as error:
-            logger.error("model of line %s failed on a batch of %d: %s", line, len(items), error)
-            for item in items:
-                self._dead_letter(job, item.record,
-                                  FrameError(f"inference failed: {error}",
-                                             reason="inference_failed"))
+        except Exception as error:  # find the frame, spare its batch-mates
+            if len(items) > 1:
+                logger.error("model of line %s failed on a batch of %d (%s); running its "
+                             "frames one by one", line, len(items), error)
+                for item in items:
+                    self._infer_line(job, line, [item], started)
+                return
+            logger.error("model of line %s failed on one frame: %s", line, error)
+            self._dead_letter(job, items[0].record, FrameError(
+                f"inference failed: {type(error).__name__}: {str(error)[:300]}",
+                reason="inference_failed"))
             return
         infer_s = time.perf_counter() - infer_start
         self.metrics.batch_size.observe(len(items))
@@ -287,6 +258,7 @@ class InferenceWorker:
                 image_score=float(prediction.scores[index]),
                 normalized_score=float(prediction.normalized_scores[index]),
                 label=bool(prediction.labels[index]), model_version=version,
+                content_digest=item.digest,
                 timings=Timings(
                     queue_ms=round(max(0.0, (time.time() - frame.capture_ts) * 1000.0
                                        - (time.monotonic() - started) * 1000.0), 3),
@@ -310,18 +282,30 @@ class InferenceWorker:
         job.dead_letters += 1
 
     def _submit(self, job: _Job) -> None:
-        """Hand a job to the publisher; while it is stuck, pause and keep the membership."""
+        """Hand a job to the publisher; while it is stuck, pause and keep the membership.
+
+        A stop starts the shutdown clock; when it runs out the job is left unstored (its
+        offsets stay uncommitted, so it is replayed).
+        """
         paused = False
         while True:
             try:
                 self._jobs.put(job, timeout=0.05)
                 break
             except queue.Full:
+                if self._stop.is_set():
+                    self._begin_stopping()
+                    if self._abort.is_set():
+                        logger.error("stopping: a batch of %d result(s) was not handed to "
+                                     "the publisher in time; it will be replayed",
+                                     len(job.results))
+                        return
+                    continue
                 if not paused:
                     logger.warning("publisher is behind (Redis down?); pausing consumption")
                     self._source.pause()
                     self.metrics.paused.set(1)
-                    self.ready = False
+                    self._polling = False
                     paused = True
                 for record in self._source.poll(50, 1):  # keeps the group membership alive
                     self._batcher.add(record, record.received_monotonic)
@@ -332,7 +316,16 @@ class InferenceWorker:
             logger.info("publisher caught up; resuming consumption")
             self._source.resume()
             self.metrics.paused.set(0)
-            self.ready = True
+            self._polling = True
+
+    def _hand_over(self, job: _Job | None) -> None:
+        """Put a job (or the end marker) on the queue, giving up once the clock ran out."""
+        while not self._abort.is_set():
+            try:
+                self._jobs.put(job, timeout=0.05)
+                return
+            except queue.Full:
+                continue
 
     def _commit_done(self) -> None:
         offsets: dict[tuple[str, int], int] = {}
@@ -349,8 +342,17 @@ class InferenceWorker:
 
     # ----------------------------------------------------------------- publisher
     def _publish_loop(self) -> None:
-        while True:
-            job = self._jobs.get()
+        while not self._abort.is_set():
+            try:
+                job = self._jobs.get(timeout=self._probe_interval_s)
+            except queue.Empty:
+                try:
+                    self._set_redis_up(self._sink.ping())
+                except ConfigurationError as error:
+                    logger.error("permanent error: %s", error)
+                    self.fatal_error = error
+                    return
+                continue
             if job is None:
                 return
             try:
@@ -360,6 +362,13 @@ class InferenceWorker:
                     continue
             except ConfigurationError as error:
                 logger.error("permanent error: %s", error)
+                self.fatal_error = error
+                return
+            except Exception as error:  # a bug: exit 1 instead of hanging
+                if self._abort.is_set():  # torn down under it at the end of a stop
+                    logger.warning("publisher stopped at shutdown: %s", error)
+                    return
+                logger.exception("the publisher failed")
                 self.fatal_error = error
                 return
             self._done.put(job.next_offsets)
@@ -373,20 +382,23 @@ class InferenceWorker:
             stored_ts = time.time()
             items = [StoredResult(replace(r, stored_ts=stored_ts), png, jpeg)
                      for r, png, jpeg in zip(job.results, pngs, jpegs, strict=True)]
-            fresh = self._sink.store(items)
-            if job.dead_letters:
-                self._dead_letters.flush(10.0)
-            return items, fresh
+            return items, self._sink.store(items)
 
         try:
             items, fresh = retry(
                 store, retry_on=(TransportUnavailableError,),
                 backoff=Backoff(0.1, self._retry_backoff_max_s), what="storing a batch",
-                give_up=lambda: time.monotonic() > self._stopping_deadline,
-                on_error=lambda _: self.metrics.redis_up.set(0))
+                stop=self._abort, on_error=lambda _: self._set_redis_up(False))
+            if job.results:  # an empty store proves nothing about Redis
+                self._set_redis_up(True)
+            if job.dead_letters:
+                retry(lambda: self._dead_letters.flush(
+                          min(10.0, max(0.5, self._stop_deadline - time.monotonic()))),
+                      retry_on=(TransportUnavailableError,),
+                      backoff=Backoff(0.1, self._retry_backoff_max_s),
+                      what="sending dead letters", stop=self._abort)
         except RetryAborted:
             return False
-        self.metrics.redis_up.set(1)
         for item, was_new in zip(items, fresh, strict=True):
             result = item.result
             self.metrics.frames_out.labels(line=result.product_line).inc()

@@ -28,7 +28,7 @@ def _run(started: startup.Started[TopicsSettings]) -> int:
     wanted = {kafka.frames_topic: settings.frames_partitions,
               kafka.dead_letter_topic: settings.dead_letter_partitions}
     configs = {"min.insync.replicas": str(settings.min_insync_replicas),
-               "max.message.bytes": str(settings.max_message_bytes),
+               "max.message.bytes": str(kafka.max_message_bytes),
                "retention.ms": str(settings.retention_ms),
                "unclean.leader.election.enable": "false"}
     timer = threading.Timer(settings.timeout_s, started.stop.set)

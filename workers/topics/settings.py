@@ -18,8 +18,6 @@ class TopicsSettings(ProcessSettings):
     replication_factor: int = Field(default=3, ge=1, description="Replicas of each topic.")
     min_insync_replicas: int = Field(
         default=2, ge=1, description="With acks=all, a write is acknowledged once on this many.")
-    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024,
-                                   description="Largest record (a frame) the topics accept.")
     retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000,
                               description="How long unconsumed frames wait (an outage).")
     timeout_s: float = Field(default=120.0, gt=0, description="Wait this long for the broker.")

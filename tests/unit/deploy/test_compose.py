@@ -165,3 +165,22 @@ def test_docker_compose_config_accepts_the_file() -> None:
     done = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
                           capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_one_record_limit_and_a_bounded_worker_shutdown(compose: dict[str, Any], images) -> None:
+    """Every process gets the same record limit, the broker accepts it, and the worker's
+    shutdown bound is below its stop grace period."""
+    from tests.unit.deploy.entry_points import compose_environment
+    from workers.inference.settings import WorkerSettings
+
+    broker = int(compose["services"]["kafka"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"])
+    limits = set()
+    for service in _linewatch_services(compose).values():
+        env = compose_environment(service, images[image_repository(service["image"])])
+        if "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS" in env:
+            limits.add(int(env.get("LINEWATCH_KAFKA__MAX_MESSAGE_BYTES", 0)))
+        if _process(service, images) == "worker":
+            grace = float(service["stop_grace_period"].rstrip("s"))
+            default = WorkerSettings.model_fields["shutdown_timeout_s"].default
+            assert float(env.get("LINEWATCH_SHUTDOWN_TIMEOUT_S", default)) + 5 <= grace
+    assert len(limits) == 1 and 0 < limits.pop() <= broker

@@ -296,3 +296,22 @@ def test_topics_are_created_in_the_cluster(rendered: list[dict[str, Any]], image
     jobs = [d for d in _by_kind(rendered, "Job") for c in containers(d)
             if _process(c, images) == "topics"]
     assert len(jobs) == 1
+
+
+def test_worker_shutdown_bound_is_below_the_grace_period(rendered: list[dict[str, Any]],
+                                                          images) -> None:
+    """SIGTERM -> the worker stops within SHUTDOWN_TIMEOUT_S, before Kubernetes SIGKILLs."""
+    checked = 0
+    for document in _by_kind(rendered, "Deployment"):
+        spec = pod_spec(document)
+        for container in containers(document):
+            if _process(container, images) != "worker":
+                continue
+            env = kubernetes_environment(rendered, container,
+                                         images[image_repository(container["image"])])
+            default = WorkerSettings.model_fields["shutdown_timeout_s"].default
+            bound = float(env.get("LINEWATCH_SHUTDOWN_TIMEOUT_S", default))
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            assert bound + 5 <= grace, (bound, grace)
+            checked += 1
+    assert checked

@@ -72,7 +72,7 @@ def test_bad_records_go_to_dead_letters_and_good_ones_still_get_results():
     ok = make_frame("cam", "line-a", 99)
     bad = [
         ConsumedRecord("frames", 0, 1, b"cam", b"", ok.headers(), 0.0),
-        ConsumedRecord("frames", 0, 3, b"cam", b"junk", ok.headers(), 0.0),
+        ConsumedRecord("frames", 0, 3, b"cam", b"\xff\xd8junk", ok.headers(), 0.0),
         ConsumedRecord("frames", 0, 5, b"cam", ok.payload, [], 0.0),
         as_record(make_frame("cam", "no-model-line", 5), 0, 7),
     ]
