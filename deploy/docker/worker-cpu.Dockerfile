@@ -18,9 +18,11 @@ COPY model ./model
 COPY pipeline ./pipeline
 COPY workers ./workers
 # [model]: torch (installed above from the right index), torchvision, safetensors, weights.
+# [runtimes]: ONNX Runtime and OpenVINO for LINEWATCH_RUNTIME=onnxruntime|openvino (faster
+# than eager PyTorch on CPUs, see README's runtime section).
 # /models is created here owned by the process's user, so an empty named volume mounted
 # there (compose) starts writable for uid 10001 instead of root-owned.
-RUN pip install ".[model]" \
+RUN pip install ".[model,runtimes]" \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin linewatch \
     && mkdir -p /models && chown 10001:10001 /models
 
