@@ -200,6 +200,7 @@ def export_detector(
     runtime_format: str,
     *,
     detector: AnomalyDetector | None = None,
+    replace: bool = True,
 ) -> ExportMetadata:
     """Exports an artifact's detector as one graph plus :data:`METADATA_NAME`.
 
@@ -212,6 +213,8 @@ def export_detector(
         out_dir: Folder to create with the exported files.
         runtime_format: ``onnx`` or ``openvino``.
         detector: The artifact's detector when already loaded (on the CPU), to skip a load.
+        replace: Replace an existing ``out_dir``; when False and another process wrote
+            ``out_dir`` meanwhile, that export is kept and this one dropped (a shared cache).
 
     Returns:
         The written metadata.
@@ -255,9 +258,14 @@ def export_detector(
             files={name: file_sha256(work / name) for name in MODEL_FILES[runtime_format]},
         )
         (work / METADATA_NAME).write_text(metadata.to_json())
-        if out_dir.exists():
+        if out_dir.exists() and replace:
             shutil.rmtree(out_dir)
-        work.rename(out_dir)
+        try:
+            work.rename(out_dir)
+        except OSError:
+            if replace or not out_dir.exists():
+                raise
+            return read_export(out_dir, artifact_sha)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
