@@ -223,7 +223,7 @@ class GraphScorer(nn.Module):
             self.register_buffer(f"conv{index}", weight_t.T.contiguous()[:, :, None, None])
         members, hidden = folded.output_weight.shape
         self.members = int(members)
-        self.register_buffer("hidden_bias", folded.hidden_bias.reshape(1, -1, 1, 1).clone())
+        self.register_buffer("hidden_bias", folded.hidden_bias.clone())
         self.register_buffer(
             "output_weight", folded.output_weight.reshape(members, hidden, 1, 1).clone()
         )
@@ -241,13 +241,21 @@ class GraphScorer(nn.Module):
             Anomaly scores ``[B, h_0, w_0]``.
         """
         grid = (int(feature_maps[0].shape[-2]), int(feature_maps[0].shape[-1]))
-        total = self.hidden_bias
-        for index, feature_map in enumerate(feature_maps):
-            pooled = F.avg_pool2d(feature_map, 3, stride=1, padding=1, count_include_pad=True)
-            hidden = F.conv2d(pooled, getattr(self, f"conv{index}"))
+        pooled = [
+            F.avg_pool2d(feature_map, 3, stride=1, padding=1, count_include_pad=True)
+            for feature_map in feature_maps
+        ]
+        # Coarse layers first (each resized after its 1x1 map), the finest layer's map last
+        # with the bias: a runtime fuses that convolution with the sum and the activation.
+        coarse = None
+        for index in range(1, self.layer_count):
+            hidden = F.conv2d(pooled[index], getattr(self, f"conv{index}"))
             if tuple(hidden.shape[-2:]) != grid:
                 hidden = F.interpolate(hidden, size=grid, mode="bilinear", align_corners=False)
-            total = total + hidden
+            coarse = hidden if coarse is None else coarse + hidden
+        total = F.conv2d(pooled[0], self.conv0, self.hidden_bias)
+        if coarse is not None:
+            total = total + coarse
         activated = F.leaky_relu(total, self.negative_slope)
         logits = F.conv2d(activated, self.output_weight, self.output_bias, groups=self.members)
         return torch.clamp(-logits, min=self.score_floor).mean(dim=1)
