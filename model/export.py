@@ -246,7 +246,9 @@ def export_detector(
         except ExportError:
             raise
         except Exception as error:  # the exporters raise many types; name the artifact
-            raise ExportError(f"exporting {artifact} to {runtime_format} failed: {error}") from error
+            raise ExportError(
+                f"exporting {artifact} to {runtime_format} failed: {error}"
+            ) from error
         spec = BACKBONE_SPECS[detector.metadata.backbone]
         metadata = ExportMetadata(
             runtime_format=runtime_format,
@@ -298,7 +300,9 @@ def read_export(folder: str | Path, artifact_sha256: str | None = None) -> Expor
         )
     expected = set(MODEL_FILES.get(metadata.runtime_format, ()))
     if set(metadata.files) != expected:
-        raise ExportError(f"{folder} lists files {sorted(metadata.files)}, expected {sorted(expected)}")
+        raise ExportError(
+            f"{folder} lists files {sorted(metadata.files)}, expected {sorted(expected)}"
+        )
     for name, digest in metadata.files.items():
         path = folder / name
         if not path.is_file():

@@ -50,7 +50,7 @@ RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 
 def loader(runtime: str, expected_backbone: str | None = None, cache_dir: Path | None = None,
-           threads: int = 0) -> ModelLoader:
+           threads: int = 0, precision: str = "f32") -> ModelLoader:
     """The model-store loader of a runtime.
 
     Args:
@@ -59,10 +59,13 @@ def loader(runtime: str, expected_backbone: str | None = None, cache_dir: Path |
         cache_dir: Where exported forms are cached (exporting runtimes; None: a folder in
             the system's temporary directory).
         threads: Inference threads (exporting runtimes; 0: the runtime's choice).
+        precision: ``f32``, or ``bf16`` (openvino only).
 
     Raises:
         ValueError: Unknown runtime.
     """
+    if precision not in ("f32", "bf16") or (precision != "f32" and runtime != "openvino"):
+        raise ValueError(f"precision {precision!r}: f32, or bf16 with the openvino runtime")
     if runtime == "torch":
         from pipeline.runtimes import pytorch
 
@@ -74,12 +77,13 @@ def loader(runtime: str, expected_backbone: str | None = None, cache_dir: Path |
     if runtime == "openvino":
         from pipeline.runtimes import openvino
 
-        return openvino.loader(expected_backbone, cache_dir, threads)
+        return openvino.loader(expected_backbone, cache_dir, threads, precision)
     raise ValueError(f"unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}")
 
 
 def load_model(artifact: Path, runtime: str = "torch", device: str = "cpu", *,
-               line: str = "", cache_dir: Path | None = None, threads: int = 0) -> Detector:
+               line: str = "", cache_dir: Path | None = None, threads: int = 0,
+               precision: str = "f32") -> Detector:
     """Loads an artifact in a runtime (exporting and caching it where the runtime needs).
 
     Args:
@@ -89,9 +93,10 @@ def load_model(artifact: Path, runtime: str = "torch", device: str = "cpu", *,
         line: Product line the artifact must belong to ('' : any).
         cache_dir: Export cache (see :func:`loader`).
         threads: Inference threads (see :func:`loader`).
+        precision: See :func:`loader`.
     """
     if not line:
         from model.artifact import read_metadata
 
         line = read_metadata(artifact).product_line
-    return loader(runtime, None, cache_dir, threads)(Path(artifact), device, line)
+    return loader(runtime, None, cache_dir, threads, precision)(Path(artifact), device, line)

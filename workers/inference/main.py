@@ -7,10 +7,12 @@ and serves ``/healthz`` ``/readyz`` ``/metrics``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
 
+from pipeline.errors import ConfigurationError
 from pipeline.kafka.consumer import KafkaFrameSource
 from pipeline.kafka.dead_letters import KafkaDeadLetterSink
 from pipeline.kafka.producer import KafkaRecordSink
@@ -18,7 +20,7 @@ from pipeline.model_store import ModelStore
 from pipeline.redis.client import connect
 from pipeline.redis.model_events import ModelUpdateListener
 from pipeline.redis.results import RedisResultSink
-from pipeline.runtimes import pytorch
+from pipeline.runtimes import loader, pytorch
 from workers import startup
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.settings import WorkerSettings
@@ -33,9 +35,17 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
     """Wire the real adapters from settings (everything closed by ``stack``)."""
     metrics = WorkerMetrics()
     kafka = settings.kafka
+    device = pytorch.resolve_device(settings.device)
+    if settings.runtime != "torch" and importlib.util.find_spec(settings.runtime) is None:
+        raise ConfigurationError(f"runtime: {settings.runtime} is not installed "
+                                 "(pip install 'linewatch[runtimes]')")
+    batch_size = settings.batching.batch_size(device)
+    logger.info("runtime %s on %s, batches of up to %d", settings.runtime, device, batch_size)
     store = ModelStore(
-        settings.model_store, loader=pytorch.loader(settings.expected_backbone),
-        device=pytorch.resolve_device(settings.device), cache_size=settings.model_cache_size,
+        settings.model_store,
+        loader=loader(settings.runtime, settings.expected_backbone, settings.runtime_cache,
+                      settings.runtime_threads, settings.runtime_precision),
+        device=device, cache_size=settings.model_cache_size,
         refresh_s=settings.model_refresh_s,
         on_loaded=lambda line, version: metrics.models_loaded.labels(
             line=line, version=version).set(1))
@@ -60,7 +70,7 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
         source, sink, KafkaDeadLetterSink(dead_letter_producer, kafka.dead_letter_topic,
                                           settings.worker_id),
         store, worker_id=settings.worker_id,
-        max_batch_size=settings.batching.max_batch_size,
+        max_batch_size=batch_size,
         max_wait_ms=settings.batching.max_wait_ms, limits=settings.limits.image_limits(),
         metrics=metrics, decode_threads=settings.batching.decode_threads,
         store_frames=settings.redis.store_frames,
