@@ -22,6 +22,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,10 @@ def _export_onnx(graph: DetectorGraph, path: Path, image_size: int) -> None:
             "exporting needs the 'onnx' package: pip install 'linewatch[runtimes]'"
         ) from error
     example = torch.zeros(2, 3, image_size, image_size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer notes that Python-level shape checks become constants: intended, the
+        # image size is fixed per model
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             graph,
             (example,),
@@ -227,6 +231,8 @@ def export_detector(
         raise ExportError(f"unknown export format {runtime_format!r}; one of {FORMATS}")
     artifact = Path(artifact)
     out_dir = Path(out_dir)
+    if not artifact.is_file():
+        raise ArtifactError(f"artifact {artifact} does not exist")
     artifact_sha = file_sha256(artifact)
     if detector is None:
         detector = load_artifact(artifact, device="cpu")
