@@ -27,10 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# as the worker sets it (workers/inference/main.py): eager PyTorch at its best on busy cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 from model.artifact import save_artifact  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
@@ -101,7 +104,8 @@ def main() -> None:
     load = os.getloadavg()
     print(f"full detector ({BACKBONE}, {SIZE}x{SIZE} px, decoded uint8 frames -> scores + "
           f"heatmaps), CPU, {args.threads} threads, images/s (higher is better), median of "
-          f"{args.repeats}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"{args.repeats}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     header = f"{'runtime':<14}" + "".join(f"{'batch ' + str(b):>10}" for b in args.batches)
     print(header)
     for name in detectors:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Sequence
 from contextlib import ExitStack
 
@@ -92,5 +93,10 @@ def _run(started: startup.Started[WorkerSettings]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one inference worker until SIGTERM/SIGINT."""
+    # Before torch loads (it is imported with the first model): OpenMP threads that
+    # spin-wait collapse eager PyTorch when the cores are shared with decoding, publishing
+    # or other processes (bench/speed.py --runtimes torch on 2 busy cores: 1-12 images/s
+    # unset, 16-24 with PASSIVE, side by side). OpenVINO and ONNX Runtime do not use it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     arguments = startup.parser(PROGRAM, "Run one inference worker (Kafka -> model -> Redis).")
     return startup.run_process(PROGRAM, arguments, WorkerSettings, _run, argv)
