@@ -1,113 +1,121 @@
-"""Throughput of the full detector (backbone + folded head) vs the bare backbone trunk.
+"""Images/s of the full detector per inference runtime and batch size, side by side.
 
-Measured side by side in one run on the CPU, at 256 px, batch 1 and 8, for the default
-EfficientNet-Lite0 (ImageNet weights) and WideResNet50-2 (random weights: speed only).
-"full" is what a worker runs per batch on an already decoded batch: backbone, folded head,
-max, upsampling and the sigma-4 Gaussian blur of the heatmap.
+One run on the CPU, 256 px, the project's EfficientNet-Lite0 detector (ImageNet trunk,
+random head weights: speed does not depend on them) saved as an artifact and loaded the way
+the worker loads it: eager PyTorch (``torch``), ONNX Runtime and OpenVINO (exported on
+load). "Full" is what a worker's model call does with a batch of decoded 256 px frames:
+normalise, backbone, folded head, image score (max), upsampled and blurred heatmap,
+calibration. Each repeat times one batch of every runtime back to back, so drift in the
+machine's load hits all alike; the median of the repeats is reported.
 
-    python bench/speed.py [--repeats 20] [--threads 2]
+    python bench/speed.py [--repeats 12] [--threads 2] [--batches 1 2 4 8] [--no-bf16]
+
+A row ``openvino-bf16`` shows OpenVINO with bfloat16 inference (opt-in in the worker:
+scores move by about 1 %); it is left out of the last line, which names the fastest
+float32 runtime (equal to eager within 1e-4) and batch and its speed-up over eager
+PyTorch at eager's own best batch size.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import torch
+import numpy as np
 
-from model.backbones import build_backbone
-from model.detector import AnomalyDetector
-from model.features import DEFAULT_COMMON_DIM, default_embed_dim
-from model.metadata import Calibration, DetectorMetadata
-from model.network import HeadEnsemble
-from model.trainer import FitConfig
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# as the worker sets it (workers/inference/main.py): eager PyTorch at its best on busy cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from model.artifact import save_artifact  # noqa: E402
+from model.backbones import build_backbone  # noqa: E402
+from model.detector import AnomalyDetector  # noqa: E402
+from model.features import DEFAULT_COMMON_DIM, default_embed_dim  # noqa: E402
+from model.metadata import Calibration, DetectorMetadata  # noqa: E402
+from model.network import HeadEnsemble  # noqa: E402
+from model.trainer import FitConfig  # noqa: E402
+from pipeline.runtimes import RUNTIMES, load_model  # noqa: E402
 
 SIZE = 256
-FIT_DEFAULTS = FitConfig()  # the default ensemble size and margin
+BACKBONE = "efficientnet_lite0"
+FIT_DEFAULTS = FitConfig()  # the default ensemble size, width and margin
 
 
-def _detector(backbone_name: str) -> AnomalyDetector:
-    backbone = build_backbone(backbone_name, pretrained=backbone_name == "efficientnet_lite0")
-    embed = default_embed_dim(
-        backbone_name, backbone.spec.channels, DEFAULT_COMMON_DIM[backbone_name]
-    )
+def lite0_detector(size: int = SIZE) -> AnomalyDetector:
+    """The default Lite0 detector (ImageNet trunk, random heads) at ``size`` px."""
+    torch.manual_seed(0)
+    backbone = build_backbone(BACKBONE)
+    common = DEFAULT_COMMON_DIM[BACKBONE]
+    embed = default_embed_dim(BACKBONE, backbone.spec.channels, common)
     metadata = DetectorMetadata(
-        version="bench",
-        product_line="bench",
-        backbone=backbone_name,
-        layers=backbone.spec.layers,
-        image_size=SIZE,
-        common_dim=DEFAULT_COMMON_DIM[backbone_name],
-        embed_dim=embed,
-        hidden_dim=FIT_DEFAULTS.hidden_dim,
-        heads=FIT_DEFAULTS.heads,
-        margin=FIT_DEFAULTS.margin,
-        noise_sigma=0.015,
-        feature_scale=1.0,
-        epochs=1,
-        calibration=Calibration(0.0, 1.0, 0.01, 0.01),
-        calibration_scores=(),
-        train_image_count=0,
-        holdout_image_count=0,
-        train_fingerprint="",
-        created_at="",
-        code_version="bench",
-    )
-    head = HeadEnsemble.empty(
-        FIT_DEFAULTS.heads, embed, FIT_DEFAULTS.hidden_dim, -FIT_DEFAULTS.margin
-    ).eval()
+        version="20260101T000000Z-bench", product_line="bench", backbone=BACKBONE,
+        layers=backbone.spec.layers, image_size=size, common_dim=common, embed_dim=embed,
+        hidden_dim=FIT_DEFAULTS.hidden_dim, heads=FIT_DEFAULTS.heads,
+        margin=FIT_DEFAULTS.margin, noise_sigma=0.015, feature_scale=1.0, epochs=1,
+        calibration=Calibration(0.0, 1.0, 0.01, 0.01), calibration_scores=(),
+        train_image_count=0, holdout_image_count=0, train_fingerprint="", created_at="",
+        code_version="bench")
+    head = HeadEnsemble.empty(FIT_DEFAULTS.heads, embed, FIT_DEFAULTS.hidden_dim,
+                              -FIT_DEFAULTS.margin).eval()
     return AnomalyDetector(backbone=backbone, head=head, metadata=metadata)
-
-
-def _full(detector: AnomalyDetector, batch: torch.Tensor) -> torch.Tensor:
-    maps = detector.score_maps(batch)
-    heatmaps = detector.heatmaps(maps)
-    return maps.flatten(1).amax(1) + heatmaps[:, 0, 0]
-
-
-def _paired_rates(trunk_fn, full_fn, batch: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """Images/s of trunk and full from the median of back-to-back timed pairs.
-
-    Each repeat times one trunk batch and then one full batch, so drift in machine load
-    (this machine's throughput moves by a third between minutes) hits both alike, and the
-    median ignores a stray slow batch.
-    """
-    trunk_times, full_times = [], []
-    with torch.inference_mode():
-        for _ in range(3):
-            trunk_fn(batch)
-            full_fn(batch)
-        for _ in range(repeats):
-            started = time.perf_counter()
-            trunk_fn(batch)
-            middle = time.perf_counter()
-            full_fn(batch)
-            trunk_times.append(middle - started)
-            full_times.append(time.perf_counter() - middle)
-    size = batch.shape[0]
-    return size / statistics.median(trunk_times), size / statistics.median(full_times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--no-bf16", action="store_true", help="skip the openvino-bf16 row")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"CPU, {args.threads} threads, {SIZE}x{SIZE} px, images/s (higher is better)")
-    print(f"{'backbone':<20} {'batch':>5} {'trunk':>9} {'full':>9} {'full/trunk':>10}")
-    for name in ("efficientnet_lite0", "wide_resnet50_2"):
-        detector = _detector(name)
-        for batch_size in (1, 8):
-            batch = torch.randn(batch_size, 3, SIZE, SIZE)
-            repeats = (
-                max(args.repeats // batch_size, 3) if name == "wide_resnet50_2" else args.repeats
-            )
-            trunk, full = _paired_rates(
-                detector.backbone, lambda b, d=detector: _full(d, b), batch, repeats
-            )
-            print(f"{name:<20} {batch_size:>5} {trunk:>9.1f} {full:>9.1f} {full / trunk:>10.3f}")
+    work = Path(tempfile.mkdtemp(prefix="lw-speed-"))
+    artifact = save_artifact(lite0_detector(), work / "bench.safetensors")
+    detectors = {name: load_model(artifact, name, "cpu", cache_dir=work / "cache",
+                                  threads=args.threads) for name in args.runtimes}
+    if "openvino" in args.runtimes and not args.no_bf16:
+        detectors["openvino-bf16"] = load_model(artifact, "openvino", "cpu",
+                                                cache_dir=work / "cache", threads=args.threads,
+                                                precision="bf16")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(8)]
+    rates: dict[tuple[str, int], float] = {}
+    for batch in args.batches:
+        images = (frames * (batch // len(frames) + 1))[:batch]
+        times: dict[str, list[float]] = {name: [] for name in detectors}
+        for detector in detectors.values():
+            detector.predict(images)
+            detector.predict(images)
+        for _ in range(args.repeats):
+            for name, detector in detectors.items():
+                started = time.perf_counter()
+                detector.predict(images)
+                times[name].append(time.perf_counter() - started)
+        for name in detectors:
+            rates[name, batch] = batch / statistics.median(times[name])
+    load = os.getloadavg()
+    print(f"full detector ({BACKBONE}, {SIZE}x{SIZE} px, decoded uint8 frames -> scores + "
+          f"heatmaps), CPU, {args.threads} threads, images/s (higher is better), median of "
+          f"{args.repeats}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    header = f"{'runtime':<14}" + "".join(f"{'batch ' + str(b):>10}" for b in args.batches)
+    print(header)
+    for name in detectors:
+        print(f"{name:<14}" + "".join(f"{rates[name, b]:>10.1f}" for b in args.batches))
+    exact = {key: value for key, value in rates.items() if key[0] in RUNTIMES}
+    best_name, best_batch = max(exact, key=exact.__getitem__)
+    if "torch" in detectors:
+        eager = max(rates["torch", b] for b in args.batches)
+        print(f"best CPU runtime: {best_name} batch {best_batch}, speedup over eager full at "
+              f"its best batch: {rates[best_name, best_batch] / eager:.2f}")
 
 
 if __name__ == "__main__":

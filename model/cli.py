@@ -1,10 +1,11 @@
-"""Command line: ``linewatch-model fit | eval | predict`` (after anomalib's fit/test/predict).
+"""Command line: ``linewatch-model fit | eval | predict | export`` (after anomalib's CLI).
 
 Examples::
 
     linewatch-model fit --data ../shared/data/mtd/train/good --line tiles --output tiles.safetensors
     linewatch-model eval --model tiles.safetensors --data ../shared/data/mtd --overlays runs/eval
     linewatch-model predict --model tiles.safetensors --output runs/predict img1.jpg dir/img2.png
+    linewatch-model export --model tiles.safetensors --format openvino --out tiles-openvino
 """
 
 from __future__ import annotations
@@ -346,6 +347,32 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="write the detector as one ONNX or OpenVINO graph plus its metadata",
+        description="Writes the whole detector (trunk, folded head, image score, heatmap) as "
+        "one graph for ONNX Runtime or OpenVINO, with export.json: the artifact's SHA-256 "
+        "and format version, image size, mean/std, calibration, output names and the "
+        "SHA-256 of every exported file. Needs the [runtimes] extra.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--model", required=True, type=Path, help="artifact file")
+    parser.add_argument("--format", required=True, choices=("onnx", "openvino"))
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <model stem>-<format>)"
+    )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from model.export import describe, export_detector
+
+    out = args.out or args.model.with_name(f"{args.model.stem}-{args.format}")
+    metadata = export_detector(args.model, out, args.format)
+    print(json.dumps({"folder": str(out.resolve()), **describe(metadata)}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``linewatch-model`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -356,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(sub)
     _add_eval(sub)
     _add_predict(sub)
+    _add_export(sub)
     return parser
 
 
@@ -366,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    runners = {"fit": _run_fit, "eval": _run_eval, "predict": _run_predict}
+    runners = {"fit": _run_fit, "eval": _run_eval, "predict": _run_predict, "export": _run_export}
     try:
         return runners[args.command](args)
     except ModelError as error:

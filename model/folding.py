@@ -197,3 +197,65 @@ def fold_head(aggregator: PatchFeatureAggregator, ensemble: HeadEnsemble) -> Fol
         ensemble.members[0].discriminator.activation.negative_slope,
         ensemble.score_floor,
     )
+
+
+class GraphScorer(nn.Module):
+    """The folded scorer as one static graph, for export (ONNX, OpenVINO) and compilers.
+
+    The same arithmetic as :class:`FoldedScorer`, written with graph operators only: each
+    layer's folded map is a 1x1 convolution on its own grid (the coarse ones resized
+    afterwards), the members' last layers one grouped 1x1 convolution. No Python loop over
+    images or rows, no in-place op and no view of a partly written tensor, so
+    ``torch.onnx.export`` and OpenVINO's ONNX reader see a plain feed-forward graph. Equal
+    to :class:`FoldedScorer` within float32 rounding (a different summation order).
+    Eager PyTorch on the CPU keeps :class:`FoldedScorer`: its chunked GEMMs keep the wide
+    hidden activations in cache.
+
+    Args:
+        folded: The folded scorer to copy.
+    """
+
+    def __init__(self, folded: FoldedScorer) -> None:
+        super().__init__()
+        self.layer_count = folded.layer_count
+        for index, weight_t in enumerate(folded.layer_weights_t()):
+            # [C_i, K * hidden] -> a [K * hidden, C_i, 1, 1] 1x1 convolution
+            self.register_buffer(f"conv{index}", weight_t.T.contiguous()[:, :, None, None])
+        members, hidden = folded.output_weight.shape
+        self.members = int(members)
+        self.register_buffer("hidden_bias", folded.hidden_bias.clone())
+        self.register_buffer(
+            "output_weight", folded.output_weight.reshape(members, hidden, 1, 1).clone()
+        )
+        self.register_buffer("output_bias", folded.output_bias.clone())
+        self.negative_slope = folded.negative_slope
+        self.score_floor = folded.score_floor
+
+    def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Scores every patch.
+
+        Args:
+            feature_maps: Backbone maps, finest first, ``[B, C_i, h_i, w_i]``.
+
+        Returns:
+            Anomaly scores ``[B, h_0, w_0]``.
+        """
+        grid = (int(feature_maps[0].shape[-2]), int(feature_maps[0].shape[-1]))
+        pooled = [
+            F.avg_pool2d(feature_map, 3, stride=1, padding=1, count_include_pad=True)
+            for feature_map in feature_maps
+        ]
+        # Coarse layers first (each resized after its 1x1 map), the finest layer's map last
+        # with the bias: a runtime fuses that convolution with the sum and the activation.
+        coarse = None
+        for index in range(1, self.layer_count):
+            hidden = F.conv2d(pooled[index], getattr(self, f"conv{index}"))
+            if tuple(hidden.shape[-2:]) != grid:
+                hidden = F.interpolate(hidden, size=grid, mode="bilinear", align_corners=False)
+            coarse = hidden if coarse is None else coarse + hidden
+        total = F.conv2d(pooled[0], self.conv0, self.hidden_bias)
+        if coarse is not None:
+            total = total + coarse
+        activated = F.leaky_relu(total, self.negative_slope)
+        logits = F.conv2d(activated, self.output_weight, self.output_bias, groups=self.members)
+        return torch.clamp(-logits, min=self.score_floor).mean(dim=1)

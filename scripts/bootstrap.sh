@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (if needed) and installs linewatch with its model, dev and local-stack extras.
+# Creates .venv (if needed) and installs linewatch with its model, runtimes, dev and local-stack extras.
 # Sourced by scripts/test.sh and scripts/demo.sh so both work on a fresh machine.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +12,7 @@ fi
 STAMP="$VENV/.linewatch-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[model,dev,local]"
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[model,runtimes,dev,local]"
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

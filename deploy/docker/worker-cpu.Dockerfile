@@ -18,16 +18,21 @@ COPY model ./model
 COPY pipeline ./pipeline
 COPY workers ./workers
 # [model]: torch (installed above from the right index), torchvision, safetensors, weights.
+# [runtimes]: ONNX Runtime and OpenVINO for LINEWATCH_RUNTIME=onnxruntime|openvino (faster
+# than eager PyTorch on CPUs, see README's runtime section).
 # /models is created here owned by the process's user, so an empty named volume mounted
 # there (compose) starts writable for uid 10001 instead of root-owned.
-RUN pip install ".[model]" \
+RUN pip install ".[model,runtimes]" \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin linewatch \
     && mkdir -p /models && chown 10001:10001 /models
 
 USER 10001
-# Probes must reach the endpoint from outside the container's loopback.
+# Probes must reach the endpoint from outside the container's loopback. OpenVINO: the
+# fastest CPU runtime (README, "Inference runtimes"); exports go to a writable cache.
 ENV LINEWATCH_HTTP__HOST=0.0.0.0 \
-    LINEWATCH_HTTP__PORT=9100
+    LINEWATCH_HTTP__PORT=9100 \
+    LINEWATCH_RUNTIME=openvino \
+    LINEWATCH_RUNTIME_CACHE=/tmp/linewatch-runtime-cache
 EXPOSE 9100
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=2)"]

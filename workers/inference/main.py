@@ -7,10 +7,13 @@ and serves ``/healthz`` ``/readyz`` ``/metrics``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from collections.abc import Sequence
 from contextlib import ExitStack
 
+from pipeline.errors import ConfigurationError
 from pipeline.kafka.consumer import KafkaFrameSource
 from pipeline.kafka.dead_letters import KafkaDeadLetterSink
 from pipeline.kafka.producer import KafkaRecordSink
@@ -18,7 +21,7 @@ from pipeline.model_store import ModelStore
 from pipeline.redis.client import connect
 from pipeline.redis.model_events import ModelUpdateListener
 from pipeline.redis.results import RedisResultSink
-from pipeline.runtimes import pytorch
+from pipeline.runtimes import loader, pytorch
 from workers import startup
 from workers.inference.admission import CaptureWindow
 from workers.inference.metrics import WorkerMetrics
@@ -34,9 +37,17 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
     """Wire the real adapters from settings (everything closed by ``stack``)."""
     metrics = WorkerMetrics()
     kafka = settings.kafka
+    device = pytorch.resolve_device(settings.device)
+    if settings.runtime != "torch" and importlib.util.find_spec(settings.runtime) is None:
+        raise ConfigurationError(f"runtime: {settings.runtime} is not installed "
+                                 "(pip install 'linewatch[runtimes]')")
+    batch_size = settings.batching.batch_size(device)
+    logger.info("runtime %s on %s, batches of up to %d", settings.runtime, device, batch_size)
     store = ModelStore(
-        settings.model_store, loader=pytorch.loader(settings.expected_backbone),
-        device=pytorch.resolve_device(settings.device), cache_size=settings.model_cache_size,
+        settings.model_store,
+        loader=loader(settings.runtime, settings.expected_backbone, settings.runtime_cache,
+                      settings.runtime_threads, settings.runtime_precision),
+        device=device, cache_size=settings.model_cache_size,
         refresh_s=settings.model_refresh_s,
         on_loaded=lambda line, version: metrics.models_loaded.labels(
             line=line, version=version).set(1))
@@ -66,7 +77,7 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
             kafka.max_message_bytes,
             on_dropped=lambda reason: metrics.dead_letters_dropped.labels(reason=reason).inc()),
         store, worker_id=settings.worker_id,
-        max_batch_size=settings.batching.max_batch_size,
+        max_batch_size=batch_size,
         max_wait_ms=settings.batching.max_wait_ms,
         limits=settings.limits.image_limits(kafka.max_message_bytes),
         metrics=metrics, decode_threads=settings.batching.decode_threads,
@@ -93,5 +104,10 @@ def _run(started: startup.Started[WorkerSettings]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one inference worker until SIGTERM/SIGINT."""
+    # Before torch loads (it is imported with the first model): OpenMP threads that
+    # spin-wait collapse eager PyTorch when the cores are shared with decoding, publishing
+    # or other processes (bench/speed.py --runtimes torch on 2 busy cores: 1-12 images/s
+    # unset, 16-24 with PASSIVE, side by side). OpenVINO and ONNX Runtime do not use it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     arguments = startup.parser(PROGRAM, "Run one inference worker (Kafka -> model -> Redis).")
     return startup.run_process(PROGRAM, arguments, WorkerSettings, _run, argv)

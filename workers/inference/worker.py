@@ -4,8 +4,10 @@ Life cycle (visible in the logs): set up, loop until the stop event, tear down.
 The batch loop reads like the spec:
 
 1. poll up to ``max_batch_size`` frames, or until the oldest waited ``max_wait_ms``;
-2. parse and decode them in a thread pool (bad ones go to the dead-letter topic);
-3. run each product line's model on its frames under ``torch.inference_mode()``;
+2. parse and decode them in a thread pool (bad ones go to the dead-letter topic); a
+   batch starts decoding as soon as it is due, while the model still runs the previous
+   one (one batch in decode at a time), so the model does not wait on JPEG decoding;
+3. run each product line's model on its frames, batches in arrival order;
 4. hand the batch to the publisher thread, which PNG-encodes the heatmaps (thread pool)
    and writes everything to Redis while the main thread already runs the next batch;
 5. commit a batch's offsets only after its results are stored and its dead letters are
@@ -29,7 +31,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -55,6 +57,15 @@ from workers.inference.metrics import WorkerMetrics
 from workers.inference.ports import DeadLetterSink, FrameSource, ModelProvider, ResultSink
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A batch whose frames are being decoded in the pool."""
+
+    records: list[ConsumedRecord]
+    decoding: list[Future[Admitted | FrameError]]
+    started: float
 
 
 @dataclass(slots=True)
@@ -111,6 +122,7 @@ class InferenceWorker:
         self._retry_backoff_max_s = retry_backoff_max_s
         self._shutdown_timeout_s = shutdown_timeout_s
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        self._pending: _Pending | None = None  # decoding while the model runs
         self._done: queue.SimpleQueue[dict[tuple[str, int], int]] = queue.SimpleQueue()
         self._publisher: threading.Thread | None = None
         self._window = window or CaptureWindow()
@@ -166,6 +178,8 @@ class InferenceWorker:
         now = time.monotonic()
         wait = self._batcher.time_until_ready(now)
         timeout_ms = 100.0 if wait is None else wait * 1000.0
+        if self._pending is not None:
+            timeout_ms = 0.0  # a decoded batch waits for the model: only take what is there
         room = self._batcher.room()
         if room:
             records = self._source.poll(timeout_ms, room)
@@ -175,8 +189,12 @@ class InferenceWorker:
             self.metrics.frames_in.inc(len(records))
             for (topic, partition), lag in self._source.lag().items():
                 self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        following = None
         if self._batcher.ready(time.monotonic()):
-            self._run_batch(self._batcher.take())
+            following = self._start_batch(self._batcher.take())
+        if self._pending is not None:
+            self._finish_batch(self._pending)  # the following batch decodes meanwhile
+        self._pending = following
 
     def _tear_down(self) -> None:
         logger.info("worker %s: stopping within %.0fs; finishing %d frame(s) in hand",
@@ -185,8 +203,13 @@ class InferenceWorker:
         self._polling = False
         self._begin_stopping()
         try:
-            while len(self._batcher) and self.fatal_error is None and not self._abort.is_set():
-                self._run_batch(self._batcher.take())
+            while ((len(self._batcher) or self._pending) and self.fatal_error is None
+                   and not self._abort.is_set()):
+                following = self._start_batch(self._batcher.take()) if len(
+                    self._batcher) else None
+                if self._pending is not None:
+                    self._finish_batch(self._pending)
+                self._pending = following
         finally:
             self._hand_over(None)
             if self._publisher is not None:
@@ -202,14 +225,21 @@ class InferenceWorker:
             logger.info("worker %s: stopped", self.worker_id)
 
     # ----------------------------------------------------------------- model loop
-    def _run_batch(self, records: list[ConsumedRecord]) -> None:
-        started = time.monotonic()
+    def _start_batch(self, records: list[ConsumedRecord]) -> _Pending:
+        """Start decoding a batch in the pool."""
+        return _Pending(records, [self._pool.submit(self._admit, record) for record in records],
+                        time.monotonic())
+
+    def _finish_batch(self, pending: _Pending) -> None:
+        """Wait for a batch's decoding, run its models and hand it to the publisher."""
+        records, started = pending.records, pending.started
         job = _Job()
         for record in records:
             key = (record.topic, record.partition)
             job.next_offsets[key] = max(job.next_offsets.get(key, 0), record.offset + 1)
         decoded: list[Admitted] = []
-        for record, outcome in zip(records, self._pool.map(self._admit, records), strict=True):
+        for record, future in zip(records, pending.decoding, strict=True):
+            outcome = future.result()
             if isinstance(outcome, FrameError):
                 self._dead_letter(job, record, outcome)
             else:

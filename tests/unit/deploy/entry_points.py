@@ -10,6 +10,7 @@ it is a long-running process (it has a health check or probe), by the integratio
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +61,12 @@ class EntryPoint:
 
 
 def has_model(dockerfile: Dockerfile) -> bool:
-    """Whether the image installs the model extra (torch)."""
-    return any("pip install" in run and ".[model]" in run for run in dockerfile.runs)
+    """Whether the image installs the model extra (torch), alone or with other extras."""
+    return any(
+        "pip install" in run and "model" in extras.split(",")
+        for run in dockerfile.runs
+        for extras in re.findall(r"\.\[([a-z0-9_,-]+)\]", run)
+    )
 
 
 def _module_and_args(dockerfile: Dockerfile, command: list[str] | None) -> tuple[str, tuple]:

@@ -156,7 +156,7 @@ def test_the_memory_bound_in_the_readme_is_the_one_the_settings_give() -> None:
                               redis={"url": "redis://r:6379/0"}, model_store=Path("/m"))
     bound = settings.memory_bound_bytes()
     readme = (Path(__file__).resolve().parents[4] / "README.md").read_text()
-    stated = (f"{PIPELINE_DEPTH} x {settings.batching.max_batch_size} x "
+    stated = (f"{PIPELINE_DEPTH} x {settings.batching.batch_size('cpu')} x "
               f"{settings.limits.max_pixels:,} px x 3 bytes = {bound / 2**20:,.0f} MiB")
     assert stated in readme, stated
     limits = settings.limits.image_limits(settings.kafka.max_message_bytes)

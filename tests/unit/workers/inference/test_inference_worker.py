@@ -134,3 +134,40 @@ def test_replayed_frames_are_counted_not_duplicated():
     _run_until(worker, lambda: source.committed.get(("frames", 0)) == 2)
     assert len(sink.order) == 1
     assert metric_total(worker.metrics.registry, "linewatch_worker_replayed_total") == 1
+
+
+class SlowDetector(BrightSpotDetector):
+    """Takes 0.15 s per call and notes when each call ends."""
+
+    def __init__(self, line):
+        super().__init__(line)
+        self.ended: list[float] = []
+
+    def predict(self, images):
+        __import__("time").sleep(0.15)
+        result = super().predict(images)
+        self.ended.append(__import__("time").monotonic())
+        return result
+
+
+def test_the_next_batch_decodes_while_the_model_runs():
+    records = [as_record(make_frame("cam", "line-a", i), 0, i) for i in range(8)]
+    source, sink, letters = TwinSource(list(records)), TwinSink(), TwinDeadLetters()
+    model = SlowDetector("line-a")
+    worker = _worker(source, sink, letters, TwinModels(**{"line-a": model}),
+                     max_batch_size=2, max_wait_ms=1)
+    decode_started: dict[int, float] = {}
+    decode = worker._admit
+
+    def noting_decode(record):
+        decode_started[record.offset] = __import__("time").monotonic()
+        return decode(record)
+
+    worker._admit = noting_decode
+    _run_until(worker, lambda: len(sink.stored) == len(records))
+    assert model.calls == [2, 2, 2, 2]
+    # batch k+1 (offsets 2k+2, 2k+3) started decoding before the model finished batch k
+    for k in range(3):
+        assert decode_started[2 * k + 2] < model.ended[k]
+    assert source.committed == {("frames", 0): 8}
+    assert [fid for _, fid in sink.order] == [f"f{i:06d}" for i in range(8)]
