@@ -1,8 +1,9 @@
 """The worker's result sink and the reader of what it stored (layout: pipeline.wire.layout).
 
 Writes are idempotent: one Lua script per frame sets the per-frame keys and appends to
-the streams only when the frame's result key did not exist yet, so a replayed frame
-overwrites its keys and never duplicates its stream entries.
+the streams (and counts the frame in its camera's per-minute counters) only when the
+frame's result key did not exist yet, so a replayed frame overwrites its keys and never
+duplicates its stream entries or its counts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError
 from pipeline.errors import ConfigurationError, TransportUnavailableError
 from pipeline.redis.client import PERMANENT_REDIS_ERRORS, UNREACHABLE_ERRORS, connect, ping
 from pipeline.settings import RedisSettings
-from pipeline.wire.layout import RedisKeys
+from pipeline.wire.layout import MINUTE_COUNT_TTL_S, RedisKeys
 from pipeline.wire.messages import ResultMessage, StoredResult
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,12 @@ if existed == 0 then
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'result', ARGV[1])
   if ARGV[6] == '1' then
     redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'result', ARGV[1])
+  end
+  redis.call('INCR', KEYS[9])
+  redis.call('EXPIRE', KEYS[9], ARGV[11])
+  if ARGV[6] == '1' then
+    redis.call('INCR', KEYS[10])
+    redis.call('EXPIRE', KEYS[10], ARGV[11])
   end
 end
 redis.call('SADD', KEYS[7], ARGV[7])
@@ -106,11 +113,13 @@ class RedisResultSink:
                 self.keys.frame(r.camera_id, r.frame_id), self.keys.latest(r.camera_id),
                 self.keys.results(r.product_line), self.keys.alerts(r.product_line),
                 self.keys.lines(), self.keys.cameras(r.product_line),
+                self.keys.minute_count(r.camera_id, int(r.capture_ts // 60)),
+                self.keys.minute_anomalies(r.camera_id, int(r.capture_ts // 60)),
             ]
             args = [
                 r.to_json(), item.heatmap_png, item.frame_jpeg, settings.result_ttl_s,
                 repr(r.capture_ts), "1" if r.label else "0", r.product_line, r.camera_id,
-                settings.stream_maxlen, settings.alert_stream_maxlen,
+                settings.stream_maxlen, settings.alert_stream_maxlen, MINUTE_COUNT_TTL_S,
             ]
             self._script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
         try:

@@ -19,7 +19,9 @@ from pipeline.redis.client import connect
 from pipeline.redis.model_events import ModelUpdateListener
 from pipeline.redis.results import RedisResultSink
 from pipeline.runtimes import pytorch
+from pipeline.wire.layout import RedisKeys
 from workers import startup
+from workers.inference.health import HealthPublisher
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.settings import WorkerSettings
 from workers.inference.worker import InferenceWorker
@@ -71,6 +73,10 @@ def _run(started: startup.Started[WorkerSettings]) -> int:
     settings = started.settings
     with ExitStack() as stack:
         worker = build_worker(settings, stack)
+        # the operator's console reads this record (lag, frames/s, dead letters, models)
+        stack.enter_context(HealthPublisher(
+            connect(settings.redis), RedisKeys(settings.redis.key_prefix), settings.worker_id,
+            worker.health, settings.health_interval_s))
         startup.serve_health(stack, settings.http, worker.metrics.registry,
                              lambda: worker.alive and worker.fatal_error is None,
                              lambda: worker.ready)

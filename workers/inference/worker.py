@@ -47,6 +47,7 @@ from pipeline.wire.messages import (
     Timings,
 )
 from workers.inference.batching import MicroBatcher
+from workers.inference.health import HealthState
 from workers.inference.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class InferenceWorker:
                                                                    max_wait_ms / 1000.0)
         self._limits = limits or ImageLimits()
         self.metrics = metrics or WorkerMetrics()
+        self.health = HealthState()
         self._pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="codec")
         self._store_frames = store_frames
         self._retry_backoff_max_s = retry_backoff_max_s
@@ -203,7 +205,9 @@ class InferenceWorker:
             for record in records:
                 self._batcher.add(record, record.received_monotonic)
             self.metrics.frames_in.inc(len(records))
-            for (topic, partition), lag in self._source.lag().items():
+            lags = self._source.lag()
+            self.health.set_lag(lags)
+            for (topic, partition), lag in lags.items():
                 self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         if self._batcher.ready(time.monotonic()):
             self._run_batch(self._batcher.take())
@@ -263,6 +267,7 @@ class InferenceWorker:
             model = self._models.get(line)
         except ModelNotFoundError as error:
             for item in items:
+                self.health.missing_model(line, item.frame.camera_id)
                 self._dead_letter(job, item.record, error)
             return
         infer_start = time.perf_counter()
@@ -279,6 +284,7 @@ class InferenceWorker:
         self.metrics.batch_size.observe(len(items))
         self.metrics.inference.observe(infer_s)
         version = str(model.metadata.version)
+        self.health.served(line, version)
         for index, item in enumerate(items):
             frame = item.frame
             job.results.append(ResultMessage(
@@ -307,6 +313,7 @@ class InferenceWorker:
                        record.offset, error.reason, error)
         self._dead_letters.dead_letter(record, error.reason, str(error))
         self.metrics.dead_letters.labels(reason=error.reason).inc()
+        self.health.dead_letter(error.reason)
         job.dead_letters += 1
 
     def _submit(self, job: _Job) -> None:
@@ -321,6 +328,7 @@ class InferenceWorker:
                     logger.warning("publisher is behind (Redis down?); pausing consumption")
                     self._source.pause()
                     self.metrics.paused.set(1)
+                    self.health.set_paused(True)
                     self.ready = False
                     paused = True
                 for record in self._source.poll(50, 1):  # keeps the group membership alive
@@ -332,6 +340,7 @@ class InferenceWorker:
             logger.info("publisher caught up; resuming consumption")
             self._source.resume()
             self.metrics.paused.set(0)
+            self.health.set_paused(False)
             self.ready = True
 
     def _commit_done(self) -> None:
@@ -387,6 +396,7 @@ class InferenceWorker:
         except RetryAborted:
             return False
         self.metrics.redis_up.set(1)
+        self.health.stored(len(items))
         for item, was_new in zip(items, fresh, strict=True):
             result = item.result
             self.metrics.frames_out.labels(line=result.product_line).inc()

@@ -25,6 +25,7 @@ from workers.trainer.data import (
     LabelledImage,
     TrainingDataError,
     capture_from_topic,
+    load_false_alarms,
     load_folders,
 )
 from workers.trainer.settings import TrainerSettings
@@ -110,6 +111,7 @@ class TrainingData:
         train: Training frames (the fit holds out its own calibration share of these).
         gate_good: Good frames no model of the line was trained on.
         defects: Labelled defective frames.
+        false_alarms: Frames operators marked as false alarms (also in ``train``).
         counts: Frames read, unreadable, duplicates, per split.
         sources: Where the frames came from.
     """
@@ -117,6 +119,7 @@ class TrainingData:
     train: list[LabelledImage]
     gate_good: list[LabelledImage]
     defects: list[LabelledImage]
+    false_alarms: list[LabelledImage] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     sources: dict[str, list[str]] = field(default_factory=dict)
 
@@ -184,6 +187,11 @@ def collect_data(settings: TrainerSettings, line: str, current_version: str | No
     defects, bad_defects = load_folders(defect_folders, recursive=True,
                                         progress=progress, what="defective frames")
     train = sample(train_pool, settings.max_images, settings.fit.seed)
+    # reviewed false alarms are good frames the current model got wrong: all of them train
+    reviewed, bad_reviewed = ([], 0) if settings.max_false_alarms == 0 else (
+        load_false_alarms(settings.redis, line, settings.max_false_alarms))
+    in_train = {item.digest for item in train}
+    train += [item for item in reviewed if item.digest not in in_train]
     if len(train) < 4:
         raise TrainingDataError(f"only {len(train)} distinct training frames for line {line!r}")
     sources.update(gate_good=[str(f) for f in gate_folders],
@@ -191,5 +199,8 @@ def collect_data(settings: TrainerSettings, line: str, current_version: str | No
     counts.update(duplicates=duplicates, unique=len(unique), train=len(train),
                   train_not_sampled=len(train_pool) - len(train),
                   gate_from_split=len(gate_good), gate_extra=len(extra_gate),
-                  defects=len(defects), unreadable=unreadable + bad + bad_defects)
-    return TrainingData(train, gate_good + extra_gate, defects, counts, sources)
+                  defects=len(defects), false_alarms=len(reviewed),
+                  unreadable=unreadable + bad + bad_defects + bad_reviewed)
+    if settings.max_false_alarms:
+        sources["false_alarms"] = [f"redis:{settings.redis.key_prefix}:false-alarms:{line}"]
+    return TrainingData(train, gate_good + extra_gate, defects, reviewed, counts, sources)
