@@ -208,6 +208,7 @@ class Console:
             if r is not None:
                 series.append({"t": r.capture_ts, "score": r.normalized_score, "label": r.label,
                                "camera": r.camera_id, "frame_id": r.frame_id})
+        series.sort(key=lambda point: point["t"])  # stream order is arrival, not capture
         alerts = [a for a in (_result(f.get("result")) for _, f in _entries(alerts_raw)) if a]
         reviews = self.reviews(line, [f"{a.camera_id}/{a.frame_id}" for a in alerts])
         listed = []

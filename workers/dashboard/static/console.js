@@ -8,6 +8,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const STATE_ORDER = ["no model", "offline", "drift", "anomalies", "ok"];
+const SERIES_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"];
 const CHART = { width: 960, height: 280, left: 48, right: 16, top: 14, bottom: 28 };
 const app = { refreshMs: 5000, timer: null, stateFilter: null, textFilter: "", alertFilter: {} };
 
@@ -174,16 +175,18 @@ function quantile(sorted, q) {
   return sorted[lo] + (sorted[Math.min(lo + 1, sorted.length - 1)] - sorted[lo]) * (pos - lo);
 }
 
-// Robust scale: y max = max(threshold * 1.5, p99); points above it are clipped to the top
-// edge and marked with a triangle (their value in the tooltip), so one outlier never
-// squashes the rest. Tick counts follow the pixel size, so labels never overlap.
+// Robust scale: y max = max(threshold * 1.5, min(highest score, 1.5 * p95)); points above
+// it are clipped to the top edge and marked with a triangle (their value in the tooltip),
+// so one outlier never squashes the rest while the threshold always stays in view. Tick
+// counts follow the pixel size, so labels never overlap.
 function drawChart(series, threshold) {
   const { width, height, left, right, top, bottom } = CHART;
   const plotW = width - left - right;
   const plotH = height - top - bottom;
   const root = svg("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}` });
   const scores = series.map((p) => p.score).sort((a, b) => a - b);
-  const yMaxRaw = Math.max(threshold * 1.5, quantile(scores, 0.99));
+  const highest = scores.length ? scores[scores.length - 1] : 0;
+  const yMaxRaw = Math.max(threshold * 1.5, Math.min(highest, 1.5 * quantile(scores, 0.95)));
   const yMin = Math.min(0, quantile(scores, 0.01));
   const yStep = niceStep(yMaxRaw - yMin, Math.floor(plotH / 36));
   const yMax = Math.ceil(yMaxRaw / yStep - 1e-9) * yStep;
@@ -210,10 +213,18 @@ function drawChart(series, threshold) {
   root.append(axis);
   const ty = y(threshold);
   root.append(svg("line", { class: "threshold", x1: left, x2: width - right, y1: ty, y2: ty, stroke: "#ff7f0e", "stroke-width": 2, "stroke-dasharray": "6 4" }));
-  if (series.length) {
-    const path = series.map((p, i) => (i ? "L" : "M") + x(p.t).toFixed(1) + " " + y(p.score).toFixed(1)).join(" ");
-    root.append(svg("path", { class: "series", d: path, fill: "none", stroke: "#1f77b4", "stroke-width": 1.5 }));
-  }
+  // one line per camera, broken where the camera sent nothing for a while
+  const cameras = [...new Set(series.map((p) => p.camera))].sort();
+  cameras.forEach((camera, index) => {
+    const points = series.filter((p) => p.camera === camera);
+    const gaps = points.slice(1).map((p, i) => p.t - points[i].t).sort((a, b) => a - b);
+    const breakAfter = Math.max(5 * quantile(gaps, 0.5), 60);
+    const d = points.map((p, i) => (i && p.t - points[i - 1].t <= breakAfter ? "L" : "M") + x(p.t).toFixed(1) + " " + y(p.score).toFixed(1)).join(" ");
+    const path = svg("path", { class: "series", "data-camera": camera, d, fill: "none", stroke: SERIES_COLOURS[index % SERIES_COLOURS.length], "stroke-width": 1.5 });
+    path.append(svg("title", {}, camera));
+    root.append(path);
+  });
+  root.dataset.cameras = cameras.join(",");
   let clipped = 0;
   for (const p of series) {
     if (p.score > yMax) {
@@ -234,9 +245,16 @@ function drawChart(series, threshold) {
   return root;
 }
 
-function legend() {
+function legend(cameras) {
   const box = el("div", { class: "legend" });
-  for (const [cls, label] of [["score", "score (0.5 = threshold)"], ["anomaly", "anomaly"], ["threshold", "threshold"], ["clipped", "above the scale (clipped)"]]) {
+  cameras.forEach((camera, index) => {
+    const item = el("span", { "data-camera": camera });
+    const swatch = el("span", { class: "swatch score" });
+    swatch.style.background = SERIES_COLOURS[index % SERIES_COLOURS.length];
+    item.append(swatch, `score ${camera}`);
+    box.append(item);
+  });
+  for (const [cls, label] of [["anomaly", "anomaly"], ["threshold", "threshold (0.5)"], ["clipped", "above the scale (clipped)"]]) {
     const item = el("span");
     item.append(el("span", { class: "swatch " + cls }), label);
     box.append(item);
@@ -258,7 +276,8 @@ async function showLine(view, line) {
   const title = el("h2", {}, `Line ${line}`);
   const active = data.drift && data.drift.event === "drift_started";
   title.append(el("span", { class: "badge" + (active ? " active" : "") }, !data.drift ? "drift: none" : `drift: ${active ? "ACTIVE" : "cleared"}`));
-  chartCard.append(title, drawChart(data.series, data.threshold), legend());
+  const chart = drawChart(data.series, data.threshold);
+  chartCard.append(title, chart, legend(chart.dataset.cameras ? chart.dataset.cameras.split(",") : []));
   view.append(chartCard);
   const alertsCard = el("section", { class: "card alerts" });
   alertsCard.append(el("h2", {}, `Alerts (${data.alerts.length} of the newest ${data.alerts_scanned})`));
