@@ -89,7 +89,7 @@ def summary_table(outcome: TrainingOutcome, bounds: GateSettings, dry_run: bool 
                   f"sampled), gate {counts.get('gate_from_split', 0)} + "
                   f"{counts.get('gate_extra', 0)} extra, defects {counts.get('defects', 0)}"),
         ("false alarms", f"{counts.get('false_alarms', 0)} marked in the console, trained on "
-                         f"as good frames"),
+                         f"as good frames (in train)"),
         ("fit", f"{outcome.fit_s:.1f} s ({outcome.fit.get('image_size')} px, "
                 f"{outcome.fit.get('epochs')} epochs, {outcome.fit.get('device')})"),
     ]

@@ -187,6 +187,7 @@ def collect_data(settings: TrainerSettings, line: str, current_version: str | No
     defects, bad_defects = load_folders(defect_folders, recursive=True,
                                         progress=progress, what="defective frames")
     train = sample(train_pool, settings.max_images, settings.fit.seed)
+    sampled = len(train)
     # reviewed false alarms are good frames the current model got wrong: all of them train
     reviewed, bad_reviewed = ([], 0) if settings.max_false_alarms == 0 else (
         load_false_alarms(settings.redis, line, settings.max_false_alarms))
@@ -197,7 +198,7 @@ def collect_data(settings: TrainerSettings, line: str, current_version: str | No
     sources.update(gate_good=[str(f) for f in gate_folders],
                    defects=[str(f) for f in defect_folders])
     counts.update(duplicates=duplicates, unique=len(unique), train=len(train),
-                  train_not_sampled=len(train_pool) - len(train),
+                  train_not_sampled=len(train_pool) - sampled,
                   gate_from_split=len(gate_good), gate_extra=len(extra_gate),
                   defects=len(defects), false_alarms=len(reviewed),
                   unreadable=unreadable + bad + bad_defects + bad_reviewed)
