@@ -101,6 +101,7 @@ def run_training(settings: TrainerSettings, options: RunOptions,
                         gate_dirs=options.gate_good, defect_dirs=options.defects,
                         capture_topic=options.capture_topic, progress=options.progress)
     outcome.counts, outcome.sources = data.counts, data.sources
+    outcome.notes += data.notes
     outcome.fit = settings.fit.model_dump(mode="json") | {"device": device}
     logger.info("line %s: %d training frames, %d gate frames, %d defective frames", line,
                 len(data.train), len(data.gate_good), len(data.defects))

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.errors import TransportUnavailableError
 from pipeline.wire.layout import report_path
 from workers.trainer.data import (
     LabelledImage,
@@ -29,6 +31,8 @@ from workers.trainer.data import (
     load_folders,
 )
 from workers.trainer.settings import TrainerSettings
+
+logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 16
 
@@ -114,6 +118,7 @@ class TrainingData:
         false_alarms: Frames operators marked as false alarms (also in ``train``).
         counts: Frames read, unreadable, duplicates, per split.
         sources: Where the frames came from.
+        notes: Remarks for the report (e.g. false alarms that could not be read).
     """
 
     train: list[LabelledImage]
@@ -122,6 +127,7 @@ class TrainingData:
     false_alarms: list[LabelledImage] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     sources: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _default_folder(settings: TrainerSettings, line: str, name: str) -> tuple[Path, ...]:
@@ -189,8 +195,16 @@ def collect_data(settings: TrainerSettings, line: str, current_version: str | No
     train = sample(train_pool, settings.max_images, settings.fit.seed)
     sampled = len(train)
     # reviewed false alarms are good frames the current model got wrong: all of them train
-    reviewed, bad_reviewed = ([], 0) if settings.max_false_alarms == 0 else (
-        load_false_alarms(settings.redis, line, settings.max_false_alarms))
+    reviewed: list[LabelledImage] = []
+    bad_reviewed = 0
+    notes = []
+    if settings.max_false_alarms:
+        try:
+            reviewed, bad_reviewed = load_false_alarms(settings.redis, line,
+                                                       settings.max_false_alarms)
+        except TransportUnavailableError as error:
+            notes.append(f"trained without the reviewed false alarms: {error}")
+            logger.warning(notes[-1])
     in_train = {item.digest for item in train}
     train += [item for item in reviewed if item.digest not in in_train]
     if len(train) < 4:
@@ -204,4 +218,5 @@ def collect_data(settings: TrainerSettings, line: str, current_version: str | No
                   unreadable=unreadable + bad + bad_defects + bad_reviewed)
     if settings.max_false_alarms:
         sources["false_alarms"] = [f"redis:{settings.redis.key_prefix}:false-alarms:{line}"]
-    return TrainingData(train, gate_good + extra_gate, defects, reviewed, counts, sources)
+    return TrainingData(train, gate_good + extra_gate, defects, reviewed, counts, sources,
+                        notes)
