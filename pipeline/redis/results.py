@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from pipeline.errors import ConfigurationError, TransportUnavailableError
 from pipeline.redis.client import PERMANENT_REDIS_ERRORS, UNREACHABLE_ERRORS, connect, ping
 from pipeline.settings import RedisSettings
-from pipeline.wire.layout import MINUTE_COUNT_TTL_S, RedisKeys
+from pipeline.wire.layout import MINUTE_COUNT_TTL_S, MINUTES_KEPT, RedisKeys
 from pipeline.wire.messages import ResultMessage, StoredResult
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,12 @@ if existed == 0 then
   if ARGV[6] == '1' then
     redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'result', ARGV[1])
   end
-  redis.call('INCR', KEYS[9])
+  local minute = tonumber(ARGV[12])
+  redis.call('HINCRBY', KEYS[9], 'n:' .. minute, 1)
+  if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[9], 'a:' .. minute, 1) end
+  local old = minute - tonumber(ARGV[13])
+  redis.call('HDEL', KEYS[9], 'n:' .. old, 'a:' .. old)
   redis.call('EXPIRE', KEYS[9], ARGV[11])
-  if ARGV[6] == '1' then
-    redis.call('INCR', KEYS[10])
-    redis.call('EXPIRE', KEYS[10], ARGV[11])
-  end
 end
 redis.call('SADD', KEYS[7], ARGV[7])
 redis.call('SADD', KEYS[8], ARGV[8])
@@ -113,13 +113,13 @@ class RedisResultSink:
                 self.keys.frame(r.camera_id, r.frame_id), self.keys.latest(r.camera_id),
                 self.keys.results(r.product_line), self.keys.alerts(r.product_line),
                 self.keys.lines(), self.keys.cameras(r.product_line),
-                self.keys.minute_count(r.camera_id, int(r.capture_ts // 60)),
-                self.keys.minute_anomalies(r.camera_id, int(r.capture_ts // 60)),
+                self.keys.minutes(r.camera_id),
             ]
             args = [
                 r.to_json(), item.heatmap_png, item.frame_jpeg, settings.result_ttl_s,
                 repr(r.capture_ts), "1" if r.label else "0", r.product_line, r.camera_id,
                 settings.stream_maxlen, settings.alert_stream_maxlen, MINUTE_COUNT_TTL_S,
+                int(r.capture_ts // 60), MINUTES_KEPT,
             ]
             self._script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
         try:

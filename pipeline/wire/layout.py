@@ -12,8 +12,8 @@ Redis (prefix ``p`` = ``LINEWATCH_REDIS__KEY_PREFIX``; nothing is written outsid
     {p}:lines                         set of product lines seen
     {p}:cameras:{line}                set of cameras seen on a line
     {p}:models                        pub/sub channel of model promotions / rollbacks
-    {p}:count:{camera}:{minute}       results stored in that minute (TTL 2 h)
-    {p}:anomalies:{camera}:{minute}   anomalous results in that minute (TTL 2 h)
+    {p}:minutes:{camera}              hash: ``n:{minute}`` results, ``a:{minute}``
+                                      anomalous results per minute (2 h kept)
     {p}:health:{worker}               JSON worker health record (TTL, refreshed)
     {p}:workers                       sorted set: worker -> last health time
     {p}:reviews:{line}                hash: ``camera/frame_id`` -> JSON review
@@ -41,6 +41,7 @@ from pipeline.wire.messages import validate_id
 ARTIFACT_SUFFIX = ".safetensors"
 #: How long the per-minute counters live (the console reads the last hour).
 MINUTE_COUNT_TTL_S = 7200
+MINUTES_KEPT = MINUTE_COUNT_TTL_S // 60
 REPORT_SUFFIX = ".json"
 _VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
@@ -91,13 +92,9 @@ class RedisKeys:
         """Pub/sub channel of model events (promotions, rollbacks)."""
         return f"{self.prefix}:models"
 
-    def minute_count(self, camera: str, minute: int) -> str:
-        """Results a camera stored in one minute (``minute`` = Unix time // 60)."""
-        return f"{self.prefix}:count:{validate_id(camera, 'camera')}:{int(minute)}"
-
-    def minute_anomalies(self, camera: str, minute: int) -> str:
-        """Anomalous results a camera stored in one minute."""
-        return f"{self.prefix}:anomalies:{validate_id(camera, 'camera')}:{int(minute)}"
+    def minutes(self, camera: str) -> str:
+        """A camera's per-minute counters: ``n:<minute>``, ``a:<minute>`` (capture // 60)."""
+        return f"{self.prefix}:minutes:{validate_id(camera, 'camera')}"
 
     def health(self, worker: str) -> str:
         """A worker's health record."""

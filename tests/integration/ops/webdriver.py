@@ -131,13 +131,23 @@ class WebDriver:
         """Screenshot of the whole viewport, as PNG bytes."""
         return base64.b64decode(self._request("GET", f"{self._session}/screenshot"))
 
-    def click(self, css: str) -> None:
-        """Click the first element matching ``css`` (a real pointer click)."""
-        found = self._request(
-            "POST", f"{self._session}/element", {"using": "css selector", "value": css}
-        )
-        element_id = next(iter(found.values()))
-        self._request("POST", f"{self._session}/element/{element_id}/click", {})
+    def click(self, css: str, attempts: int = 5) -> None:
+        """Click the first element matching ``css`` (a real pointer click).
+
+        A page that re-renders on a timer may replace the element between finding and
+        clicking it ("stale element reference"): it is then found again.
+        """
+        for attempt in range(attempts):
+            found = self._request(
+                "POST", f"{self._session}/element", {"using": "css selector", "value": css}
+            )
+            element_id = next(iter(found.values()))
+            try:
+                self._request("POST", f"{self._session}/element/{element_id}/click", {})
+                return
+            except RuntimeError as error:
+                if "stale element" not in str(error) or attempt == attempts - 1:
+                    raise
 
     def delete_cookies(self) -> None:
         """Forget every cookie (a new visitor)."""

@@ -35,7 +35,6 @@ def test_console_keys_live_under_the_prefix_and_refuse_unsafe_ids():
     assert keys.health("w-1") == "p:health:w-1" and keys.workers() == "p:workers"
     assert keys.reviews("tiles") == "p:reviews:tiles"
     assert keys.false_alarms("tiles") == "p:false-alarms:tiles"
-    assert keys.minute_count("cam-1", 100) == "p:count:cam-1:100"
-    assert keys.minute_anomalies("cam-1", 100) == "p:anomalies:cam-1:100"
+    assert keys.minutes("cam-1") == "p:minutes:cam-1"
     with pytest.raises(SchemaError):
         keys.health("w 1:x")
