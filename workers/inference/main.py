@@ -58,7 +58,7 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
     sink = stack.enter_context(RedisResultSink(settings.redis))
     if not sink.ping():  # refused credentials raise ConfigurationError: exit at once
         logger.warning("Redis does not answer yet; results wait until it does")
-    return InferenceWorker(
+    worker = InferenceWorker(
         source, sink, KafkaDeadLetterSink(dead_letter_producer, kafka.dead_letter_topic,
                                           settings.worker_id),
         store, worker_id=settings.worker_id,
@@ -67,16 +67,17 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
         metrics=metrics, decode_threads=settings.batching.decode_threads,
         store_frames=settings.redis.store_frames,
         retry_backoff_max_s=settings.retry_backoff_max_s)
+    # the operator's console reads this record (lag, frames/s, dead letters, models)
+    stack.enter_context(HealthPublisher(
+        connect(settings.redis), RedisKeys(settings.redis.key_prefix), settings.worker_id,
+        worker.health, settings.health_interval_s))
+    return worker
 
 
 def _run(started: startup.Started[WorkerSettings]) -> int:
     settings = started.settings
     with ExitStack() as stack:
         worker = build_worker(settings, stack)
-        # the operator's console reads this record (lag, frames/s, dead letters, models)
-        stack.enter_context(HealthPublisher(
-            connect(settings.redis), RedisKeys(settings.redis.key_prefix), settings.worker_id,
-            worker.health, settings.health_interval_s))
         startup.serve_health(stack, settings.http, worker.metrics.registry,
                              lambda: worker.alive and worker.fatal_error is None,
                              lambda: worker.ready)
