@@ -8,7 +8,8 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const STATE_ORDER = ["no model", "offline", "drift", "anomalies", "ok"];
-const SERIES_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"];
+// ten camera colours, none of them the anomaly red or the threshold orange
+const SERIES_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f", "#bcbd22", "#e377c2", "#393b79", "#637939"];
 const CHART = { width: 960, height: 280, left: 48, right: 16, top: 14, bottom: 28 };
 const app = { refreshMs: 5000, timer: null, stateFilter: null, textFilter: "", alertFilter: {} };
 
