@@ -138,6 +138,17 @@ def test_login_required(console: DashboardServer, browser: WebDriver) -> None:
     body = json.dumps({"username": "operator", "password": PASSWORD}).encode()
     assert _status(url + "/login", {"Origin": "http://evil.example",
                                     "Content-Type": "application/json"}, body) == 403
+    # with a valid session cookie, a review posted from another origin is refused
+    jar = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    login = urllib.request.Request(url + "/login", data=body, headers={
+        "Origin": url, "Content-Type": "application/json"})
+    assert jar.open(login, timeout=5).status == 200
+    forged = urllib.request.Request(
+        url + "/api/lines/tiles/alerts/cam-1/f0039/review", data=b'{"verdict":"false_alarm"}',
+        headers={"Origin": "http://evil.example", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        jar.open(forged, timeout=5)
+    assert refused.value.code == 403
     browser.delete_cookies()
     browser.get(url + "/")
     assert browser.wait_for("return location.pathname === '/login' && location.pathname;")
