@@ -174,7 +174,13 @@ def test_marked_false_alarms_train_the_refit_which_stops_flagging_them(
     jpegs = [reader.frame(CAMERA, frame_id) for frame_id in marked[:-1]]
     images = [cv2.cvtColor(cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR),
                            cv2.COLOR_BGR2RGB) for j in jpegs]
+    before = _load(store, first).predict(images).normalized_scores
     prediction = _load(store, second).predict(images)
-    assert float(prediction.normalized_scores.max()) < 0.5, prediction.normalized_scores
+    after = prediction.normalized_scores
+    print(f"marked false alarms ({len(images)}), normalised score (0.5 = threshold): "
+          f"model {first}: {before.min():.3f}-{before.max():.3f}, "
+          f"refit {second}: {after.min():.3f}-{after.max():.3f}")
+    assert float(before.min()) >= 0.5, "the first model flagged every marked frame"
+    assert float(after.max()) < 0.5, after
     client.close()
     assert frame_ids  # every relit frame was stored
