@@ -409,7 +409,8 @@ async function route() {
   const parts = window.location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   try {
     if (parts[0] === "line" && parts[1]) {
-      await showLine(view, parts[1]);
+      const editing = document.activeElement && document.activeElement.closest(".filters");
+      if (!editing) await showLine(view, parts[1]);  // never redraw under a typing operator
     } else if (parts[0] === "frame" && parts.length === 4) {
       await showFrame(view, parts[1], parts[2], parts[3]);
       return; // a frame does not change: no polling
