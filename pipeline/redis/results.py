@@ -1,8 +1,9 @@
 """The worker's result sink and the reader of what it stored (layout: pipeline.wire.layout).
 
 Writes are idempotent: one Lua script per frame sets the per-frame keys and appends to
-the streams only when the frame's result key did not exist yet, so a replayed frame
-overwrites its keys and never duplicates its stream entries.
+the streams (and counts the frame in its camera's per-minute counters) only when the
+frame's result key did not exist yet, so a replayed frame overwrites its keys and never
+duplicates its stream entries or its counts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 from pipeline.errors import ConfigurationError, TransportUnavailableError
 from pipeline.redis.client import PERMANENT_REDIS_ERRORS, UNREACHABLE_ERRORS, connect, ping
 from pipeline.settings import RedisSettings
-from pipeline.wire.layout import RedisKeys
+from pipeline.wire.layout import MINUTE_COUNT_TTL_S, MINUTES_KEPT, RedisKeys
 from pipeline.wire.messages import ResultMessage, StoredResult, reused_frame_id
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,14 @@ if status ~= 1 then
   if ARGV[6] == '1' then
     redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'result', json)
   end
+  -- per-minute frame and anomaly counts of the camera (the console's rates); a replay is
+  -- not counted twice
+  local minute = tonumber(ARGV[15])
+  redis.call('HINCRBY', KEYS[12], 'n:' .. minute, 1)
+  if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[12], 'a:' .. minute, 1) end
+  local old = minute - tonumber(ARGV[16])
+  redis.call('HDEL', KEYS[12], 'n:' .. old, 'a:' .. old)
+  redis.call('EXPIRE', KEYS[12], ARGV[14])
 elseif ARGV[6] == '1' and not old_label then
   -- a replay judged anomalous where the first verdict was not: the alert still goes out
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'result', json)
@@ -149,13 +158,14 @@ class RedisResultSink:
                 self.keys.results(r.product_line), self.keys.alerts(r.product_line),
                 self.keys.lines(), self.keys.cameras(r.product_line),
                 self.keys.result(r.camera_id, other), self.keys.heatmap(r.camera_id, other),
-                self.keys.frame(r.camera_id, other),
+                self.keys.frame(r.camera_id, other), self.keys.minutes(r.camera_id),
             ]
             args = [
                 r.to_json(), item.heatmap_png, item.frame_jpeg, settings.result_ttl_s,
                 repr(r.capture_ts), "1" if r.label else "0", r.product_line, r.camera_id,
                 settings.stream_maxlen, settings.alert_stream_maxlen, r.content_digest,
-                replace(r, frame_id=other).to_json(), latest_cap,
+                replace(r, frame_id=other).to_json(), latest_cap, MINUTE_COUNT_TTL_S,
+                int(r.capture_ts // 60), MINUTES_KEPT,
             ]
             self._script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
         try:

@@ -12,6 +12,13 @@ Redis (prefix ``p`` = ``LINEWATCH_REDIS__KEY_PREFIX``; nothing is written outsid
     {p}:lines                         set of product lines seen
     {p}:cameras:{line}                set of cameras seen on a line
     {p}:models                        pub/sub channel of model promotions / rollbacks
+    {p}:minutes:{camera}              hash: ``n:{minute}`` results, ``a:{minute}``
+                                      anomalous results per minute (2 h kept)
+    {p}:health:{worker}               JSON worker health record (TTL, refreshed)
+    {p}:workers                       sorted set: worker -> last health time
+    {p}:reviews:{line}                hash: ``camera/frame_id`` -> JSON review
+    {p}:false-alarms:{line}           capped stream: ``review`` JSON + ``frame`` JPEG,
+                                      the trainer's candidate good frames
 
 Model store (a directory; an object store can back it, see docs/contracts.md)::
 
@@ -32,6 +39,9 @@ from pathlib import Path
 from pipeline.wire.messages import validate_id
 
 ARTIFACT_SUFFIX = ".safetensors"
+#: How long the per-minute counters live (the console reads the last hour).
+MINUTE_COUNT_TTL_S = 7200
+MINUTES_KEPT = MINUTE_COUNT_TTL_S // 60
 REPORT_SUFFIX = ".json"
 _VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
@@ -81,6 +91,26 @@ class RedisKeys:
     def models(self) -> str:
         """Pub/sub channel of model events (promotions, rollbacks)."""
         return f"{self.prefix}:models"
+
+    def minutes(self, camera: str) -> str:
+        """A camera's per-minute counters: ``n:<minute>``, ``a:<minute>`` (capture // 60)."""
+        return f"{self.prefix}:minutes:{validate_id(camera, 'camera')}"
+
+    def health(self, worker: str) -> str:
+        """A worker's health record."""
+        return f"{self.prefix}:health:{validate_id(worker, 'worker id')}"
+
+    def workers(self) -> str:
+        """Sorted set of workers by last health time."""
+        return f"{self.prefix}:workers"
+
+    def reviews(self, line: str) -> str:
+        """Hash of a line's alert reviews."""
+        return self._line_key("reviews", line)
+
+    def false_alarms(self, line: str) -> str:
+        """Capped stream of a line's frames marked as false alarms (with their JPEG)."""
+        return self._line_key("false-alarms", line)
 
     def line_of_results(self, key: str) -> str:
         """The line a :meth:`results` key belongs to.

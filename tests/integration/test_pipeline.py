@@ -27,6 +27,7 @@ from pipeline.wire.codec import encode_image
 from pipeline.wire.dead_letters import HEADER_DLQ_OFFSET, HEADER_DLQ_REASON
 from pipeline.wire.layout import RedisKeys
 from pipeline.wire.messages import Encoding, FrameMessage
+from pipeline.wire.operations import WorkerHealth
 from workers.producer.camera import CameraProducer
 from workers.producer.sources import open_source
 
@@ -201,7 +202,8 @@ def test_bad_input_goes_to_dead_letters_and_good_frames_get_results(wiring, star
     # one record limit for the worker and its dead letters: the 300 kB record is refused
     # and its dead letter carries its digest and size instead of its bytes
     running = start_worker(wiring.worker_settings(
-        "w-bad", kafka=wiring.kafka().model_copy(update={"max_message_bytes": 200_000})))
+        "w-bad", kafka=wiring.kafka().model_copy(update={"max_message_bytes": 200_000}),
+        health_interval_s=0.2))
     frames = frame_sequence(len(_bad_records(FrameMessage("c", "l", "f", 1, Encoding.JPEG,
                                                           1, 1, b"x"))) + 1,
                             IMAGE_SIZE, defect_every=0, seed=3)
@@ -241,6 +243,20 @@ def test_bad_input_goes_to_dead_letters_and_good_frames_get_results(wiring, star
     assert running.thread.is_alive() and running.worker.alive, "the worker never stopped"
     assert metric_total(running.worker.metrics.registry,
                         "linewatch_worker_dead_letters_total") == len(bad)
+    # the console's view of this worker: its health record in Redis
+    client = redis.Redis.from_url(wiring.redis_url)
+    deadline = time.monotonic() + 10
+    health = None
+    while time.monotonic() < deadline:
+        raw = client.get(RedisKeys(wiring.prefix).health("w-bad"))
+        health = raw and WorkerHealth.from_json(raw)
+        if health and sum(health.dead_letters.values()) == len(bad):
+            break
+        time.sleep(0.1)
+    client.close()
+    assert health is not None and sum(health.dead_letters.values()) == len(bad), health
+    assert set(health.models) == {"line-a"} and health.lag_total == 0
+    assert health.dead_letters.keys() == {reason for reason, _ in offsets.values()}
     print(f"frames produced {len(goods)} good + {len(bad)} bad; results {len(stored)}; "
           f"dead letters {len(letters)}")
 

@@ -1,5 +1,6 @@
-"""Operator's dashboard: a read-only page over what the workers and drift monitor store.
+"""Operator's console: overview of every line and camera, line views, alert review.
 
-``main`` (the process), ``settings``, ``server`` (routes, JSON, images) and ``static/``
-(the page and its script).
+``main`` (the process), ``settings``, ``access`` (hosts, login, session, CSRF),
+``console`` (the queries over Redis), ``server`` (Starlette routes, uvicorn) and
+``static/`` (the page, its script and style sheet, the login page).
 """

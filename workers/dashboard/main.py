@@ -1,15 +1,15 @@
-"""``linewatch-dashboard``: serve the operator's page until SIGTERM or SIGINT."""
+"""``linewatch-dashboard``: serve the operator's console until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 
 from pipeline.redis.client import connect
 from pipeline.redis.results import RedisResultReader
 from pipeline.wire.layout import RedisKeys
 from workers import startup
+from workers.dashboard.console import Console
 from workers.dashboard.server import DashboardServer
 from workers.dashboard.settings import DashboardSettings
 
@@ -21,25 +21,21 @@ PROGRAM = "linewatch-dashboard"
 def _run(started: startup.Started[DashboardSettings]) -> int:
     settings = started.settings
     client = connect(settings.redis)
-    server = DashboardServer(
-        (settings.http.host, settings.http.port),
-        RedisResultReader(client, RedisKeys(settings.redis.key_prefix)),
-        refresh_ms=settings.refresh_ms, default_count=settings.chart_points)
-    serving = threading.Thread(target=server.serve_forever, name="dashboard-http", daemon=True)
-    serving.start()
-    logger.info("dashboard on %s", server.url)
+    console = Console(RedisResultReader(client, RedisKeys(settings.redis.key_prefix)),
+                      offline_after_s=settings.offline_after_s,
+                      anomaly_window_s=settings.anomaly_window_s)
     try:
-        while not started.stop.wait(1.0):
-            pass
-        logger.info("stopping")
+        with DashboardServer(settings, console) as server:
+            logger.info("console on %s (hosts %s)", server.url, settings.allowed_hosts)
+            while not started.stop.wait(1.0):
+                pass
+            logger.info("stopping")
     finally:
-        server.shutdown()
-        server.server_close()
         client.close()
     return startup.EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve the operator's page."""
-    arguments = startup.parser(PROGRAM, "Serve the operator's page over Redis.")
+    """Serve the operator's console."""
+    arguments = startup.parser(PROGRAM, "Serve the operator's console over Redis.")
     return startup.run_process(PROGRAM, arguments, DashboardSettings, _run, argv)

@@ -1,216 +1,261 @@
-"""The operator's view: a small web page over the results the workers write to Redis.
+"""The operator's console over HTTP: Starlette routes served by uvicorn.
 
-Served by the standard library's ``ThreadingHTTPServer`` (no web framework: one HTML page,
-one script and a handful of read-only JSON/image routes do not need one). The page draws,
-per line and camera, the latest frame with its heatmap overlaid on a canvas in the browser,
-the score over time, the recent alerts and the drift state.
+Routes (all but the probes and the login behind a login, see :mod:`workers.dashboard.access`)::
 
-Routes::
+    GET  /healthz, /readyz                         process up / Redis answers (any host)
+    GET  /login, POST /login, POST /logout          the login page, its JSON post, logout
+    GET  /                                          the console (overview, line, frame views)
+    GET  /static/{name}                             its script and style sheet
+    GET  /api/me                                    who is logged in
+    GET  /api/overview                              one row per line x camera, worker health
+    GET  /api/lines/{line}?count=&camera=&review=&min_score=   score series + alerts
+    GET  /api/frames/{camera}/{frame_id}            a frame's result and review
+    GET  /api/frames/{camera}/{frame_id}/image.jpg  the frame (full size)
+    GET  /api/frames/{camera}/{frame_id}/heatmap.png  its heatmap
+    POST /api/lines/{line}/alerts/{camera}/{frame_id}/review  {"verdict": ...}
 
-    GET /                                   the page
-    GET /static/dashboard.js                its script
-    GET /api/overview                       lines, their cameras, latest results, drift state
-    GET /api/lines/{line}/results?count=N   recent results, oldest first
-    GET /api/lines/{line}/alerts?count=N    recent alerts, newest first
-    GET /api/frames/{camera}/{frame_id}.jpg stored JPEG frame
-    GET /api/heatmaps/{camera}/{frame_id}.png stored PNG heatmap
-    GET /healthz                            process is up
-    GET /readyz                             Redis answers
-
-Binds 127.0.0.1 unless told otherwise. Reads go through
-:class:`pipeline.redis.results.RedisResultReader` (keys: :mod:`pipeline.wire.layout`).
+Starlette routes and uvicorn serve it (instead of ``http.server``): the login session,
+host check and JSON request bodies come from a maintained framework, not hand-written
+parsing. The queries: :mod:`workers.dashboard.console`.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-from dataclasses import asdict
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+import time
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import redis
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from pipeline.errors import SchemaError
-from pipeline.redis.results import RedisResultReader
-from pipeline.wire.messages import ResultMessage, is_valid_id
+from pipeline.wire.messages import is_valid_id
+from workers.dashboard.access import (
+    HostCheck,
+    SecurityHeaders,
+    check_login,
+    login_required,
+    same_origin,
+    session_secret,
+)
+from workers.dashboard.console import Console
+from workers.dashboard.settings import DashboardSettings
 
 logger = logging.getLogger(__name__)
 
-HEALTHZ_PATH = "/healthz"
-READYZ_PATH = "/readyz"
-MAX_STREAM_COUNT = 2000
-
-_SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-        "img-src 'self'; connect-src 'self'"
-    ),
-}
+STATIC = {"console.js": "text/javascript; charset=utf-8",
+          "login.js": "text/javascript; charset=utf-8",
+          "console.css": "text/css; charset=utf-8"}
+LOGIN_FAILURE_DELAY_S = 0.5
 
 
 def _static(name: str) -> bytes:
     return resources.files("workers.dashboard").joinpath("static", name).read_bytes()
 
 
-def _results(reader: RedisResultReader, stream_key: str, count: int,
-             oldest_first: bool) -> list[dict[str, Any]]:
-    """Stream entries as the page reads them: ``{"id", "result"}``."""
-    out = []
-    for entry in reader.recent(stream_key, count):
-        raw = entry.fields.get("result")
-        if raw is None:
-            logger.warning("%s entry %s has no result field", stream_key, entry.entry_id)
-            continue
-        out.append({"id": entry.entry_id, "result": asdict(ResultMessage.from_json(raw))})
-    return out[::-1] if oldest_first else out
+def _ids(request: Request, *names: str) -> list[str] | None:
+    values = [request.path_params[name] for name in names]
+    return values if all(is_valid_id(v) for v in values) else None
 
 
-class DashboardHandler(BaseHTTPRequestHandler):
-    """Routes one request; the server carries the reader and the page limits."""
+def _not_found(what: str = "not found") -> JSONResponse:
+    return JSONResponse({"error": what}, status_code=404)
 
-    server: DashboardServer
-    server_version = "linewatch-dashboard"
-    sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Send access logs to the logging module instead of stderr."""
-        logger.debug("%s %s", self.address_string(), format % args)
+def create_app(settings: DashboardSettings, console: Console) -> Starlette:
+    """The console's ASGI application."""
+    auth = settings.auth
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in _SECURITY_HEADERS.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok\n")
 
-    def _send_json(self, payload: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(status, json.dumps(payload).encode("utf-8"), "application/json")
+    async def readyz(_: Request) -> Response:
+        ready = await run_in_threadpool(console.reader.ping)
+        return PlainTextResponse("ready\n" if ready else "redis unavailable\n",
+                                 status_code=200 if ready else 503)
 
-    def _not_found(self, what: str = "not found") -> None:
-        self._send_json({"error": what}, HTTPStatus.NOT_FOUND)
+    async def login_page(_: Request) -> Response:
+        return Response(_static("login.html"), media_type="text/html; charset=utf-8")
 
-    def do_HEAD(self) -> None:
-        """Answer HEAD like GET without a body."""
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        """Dispatch a GET request."""
-        url = urlsplit(self.path)
-        parts = [part for part in url.path.split("/") if part]
-        query = parse_qs(url.query)
+    async def login(request: Request) -> Response:
+        if not same_origin(request):
+            return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
         try:
-            self._route(url.path, parts, query)
-        except redis.RedisError as error:
-            logger.warning("redis error on %s: %s", url.path, error)
-            self._send_json({"error": "redis unavailable"}, HTTPStatus.SERVICE_UNAVAILABLE)
-        except (ValueError, SchemaError) as error:
-            logger.warning("bad request or record on %s: %s", url.path, error)
-            self._send_json({"error": "bad request or record"}, HTTPStatus.BAD_REQUEST)
+            body = await request.json()
+        except ValueError:
+            body = None
+        user = check_login(auth, body) if isinstance(body, dict) else None
+        if user is None:
+            await asyncio.sleep(LOGIN_FAILURE_DELAY_S)
+            logger.warning("failed login from %s", request.client and request.client.host)
+            return JSONResponse({"error": "wrong credentials"}, status_code=401)
+        request.session.clear()
+        request.session.update({"user": user, "since": time.time()})
+        logger.info("%s logged in", user)
+        return JSONResponse({"user": user})
 
-    def _route(self, path: str, parts: list[str], query: dict[str, list[str]]) -> None:
-        reader = self.server.reader
-        if path in ("/", "/index.html"):
-            self._send(HTTPStatus.OK, _static("dashboard.html"), "text/html; charset=utf-8")
-        elif path == "/static/dashboard.js":
-            self._send(HTTPStatus.OK, _static("dashboard.js"), "text/javascript; charset=utf-8")
-        elif path == HEALTHZ_PATH:
-            self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
-        elif path == READYZ_PATH:
-            ready = reader.ping()
-            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-            self._send(status, b"ready\n" if ready else b"redis unavailable\n", "text/plain")
-        elif path == "/api/overview":
-            self._send_json(self._overview())
-        elif len(parts) == 4 and parts[:2] == ["api", "lines"] and is_valid_id(parts[2]):
-            count = self._count(query)
-            if parts[3] == "results":
-                self._send_json(_results(reader, reader.keys.results(parts[2]), count, True))
-            elif parts[3] == "alerts":
-                self._send_json(_results(reader, reader.keys.alerts(parts[2]), count, False))
-            else:
-                self._not_found()
-        elif len(parts) == 4 and parts[1] in ("frames", "heatmaps") and parts[0] == "api":
-            self._image(parts[1], parts[2], parts[3])
-        else:
-            self._not_found()
+    async def logout(request: Request) -> Response:
+        request.session.clear()
+        return JSONResponse({"user": None})
 
-    def _count(self, query: dict[str, list[str]]) -> int:
-        raw = query.get("count", [str(self.server.default_count)])[0]
-        return max(1, min(int(raw), MAX_STREAM_COUNT))
+    async def page(_: Request) -> Response:
+        return Response(_static("console.html"), media_type="text/html; charset=utf-8")
 
-    def _image(self, kind: str, camera: str, name: str) -> None:
-        suffix = ".jpg" if kind == "frames" else ".png"
-        frame_id = name.removesuffix(suffix)
-        if name == frame_id or not (is_valid_id(camera) and is_valid_id(frame_id)):
-            self._not_found()
-            return
-        reader = self.server.reader
-        if kind == "frames":
-            body, content_type = reader.frame(camera, frame_id), "image/jpeg"
-        else:
-            body, content_type = reader.heatmap(camera, frame_id), "image/png"
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return _not_found()
+        return Response(_static(name), media_type=STATIC[name])
+
+    async def me(request: Request) -> Response:
+        return JSONResponse({"user": request.state.user, "refresh_ms": settings.refresh_ms,
+                             "offline_after_s": settings.offline_after_s})
+
+    async def overview(_: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(console.overview))
+
+    async def line(request: Request) -> Response:
+        ids = _ids(request, "line")
+        if ids is None:
+            return _not_found()
+        query = request.query_params
+        count = max(1, min(int(query.get("count", settings.chart_points)), 5000))
+        camera = query.get("camera") or None
+        review = query.get("review") or None
+        if review not in (None, "unreviewed", "acknowledged", "false_alarm"):
+            return JSONResponse({"error": f"unknown review filter {review!r}"}, 400)
+        min_score = float(query["min_score"]) if query.get("min_score") else None
+        return JSONResponse(await run_in_threadpool(
+            console.line, ids[0], count, settings.max_alerts, camera, review, min_score))
+
+    async def frame(request: Request) -> Response:
+        ids = _ids(request, "camera", "frame_id")
+        found = ids and await run_in_threadpool(console.frame, *ids)
+        return JSONResponse(found) if found else _not_found("expired or unknown frame")
+
+    async def frame_image(request: Request) -> Response:
+        ids = _ids(request, "camera", "frame_id")
+        kind = request.path_params["kind"]
+        if ids is None or kind not in ("image.jpg", "heatmap.png"):
+            return _not_found()
+        read = console.reader.frame if kind == "image.jpg" else console.reader.heatmap
+        body = await run_in_threadpool(read, *ids)
         if body is None:
-            self._not_found("expired or unknown frame")
-            return
-        self._send(HTTPStatus.OK, body, content_type)
+            return _not_found("expired or unknown frame")
+        return Response(body, media_type="image/jpeg" if kind == "image.jpg" else "image/png")
 
-    def _overview(self) -> dict[str, Any]:
-        reader = self.server.reader
-        lines = []
-        for line in reader.lines():
-            if not is_valid_id(line):
-                logger.warning("skipping line with unusable name %r", line)
-                continue
-            cameras = []
-            for camera in reader.cameras(line):
-                if is_valid_id(camera):
-                    latest = reader.latest(camera)
-                    cameras.append({"camera_id": camera,
-                                    "latest": None if latest is None else asdict(latest)})
-            drift = reader.recent(reader.keys.drift(line), 1)
-            lines.append({"line": line, "cameras": cameras,
-                          "drift": drift[0].fields if drift else None})
-        return {"lines": lines, "refresh_ms": self.server.refresh_ms}
+    async def review(request: Request) -> Response:
+        ids = _ids(request, "line", "camera", "frame_id")
+        if ids is None:
+            return _not_found()
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            body = None
+        verdict = body.get("verdict") if isinstance(body, dict) else None
+        try:
+            done = await run_in_threadpool(console.review, *ids, str(verdict),
+                                           request.state.user)
+        except LookupError as error:
+            return _not_found(str(error))
+        return JSONResponse(done)
+
+    def guard(handler: Any, page: bool = False) -> Any:
+        return login_required(auth, handler, page)
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", guard(logout), methods=["POST"]),
+        Route("/", guard(page, page=True), methods=["GET", "HEAD"]),
+        Route("/static/{name}", static, methods=["GET"]),
+        Route("/api/me", guard(me)),
+        Route("/api/overview", guard(overview)),
+        Route("/api/lines/{line}", guard(line)),
+        Route("/api/frames/{camera}/{frame_id}", guard(frame)),
+        Route("/api/frames/{camera}/{frame_id}/{kind}", guard(frame_image)),
+        Route("/api/lines/{line}/alerts/{camera}/{frame_id}/review", guard(review),
+              methods=["POST"]),
+    ]
+
+    async def redis_down(_: Request, error: Exception) -> Response:
+        logger.warning("redis error: %s", error)
+        return JSONResponse({"error": "redis unavailable"}, status_code=503)
+
+    async def bad_request(_: Request, error: Exception) -> Response:
+        logger.warning("bad request or record: %s", error)
+        return JSONResponse({"error": f"bad request: {error}"}, status_code=400)
+
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(HostCheck, allowed_hosts=settings.allowed_hosts),
+            Middleware(SessionMiddleware, secret_key=session_secret(auth),
+                       session_cookie="linewatch_session", max_age=auth.session_max_age_s,
+                       same_site="strict", https_only=auth.https_only),
+        ],
+        exception_handlers={redis.RedisError: redis_down, SchemaError: bad_request,
+                            ValueError: bad_request})
 
 
-class DashboardServer(ThreadingHTTPServer):
-    """HTTP server holding the dashboard's reader and page settings.
+class DashboardServer:
+    """uvicorn serving the console on a thread (``start``/``stop``, or ``with``).
 
     Args:
-        address: ``(host, port)`` to bind; port 0 picks a free one.
-        reader: Reader of what the workers and the drift monitor stored.
-        refresh_ms: How often the page polls for new data.
-        default_count: Results per line drawn in the score chart when the page does not
-            ask for a count.
+        settings: The console's settings (``http.host``/``http.port``; port 0 picks one).
+        console: Its queries over Redis.
     """
 
-    daemon_threads = True
+    def __init__(self, settings: DashboardSettings, console: Console) -> None:
+        self.app = create_app(settings, console)
+        config = uvicorn.Config(self.app, host=settings.http.host, port=settings.http.port,
+                                log_level="warning", access_log=False, lifespan="off",
+                                server_header=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="dashboard-http",
+                                        daemon=True)
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        reader: RedisResultReader,
-        refresh_ms: int = 2000,
-        default_count: int = 300,
-    ) -> None:
-        super().__init__(address, DashboardHandler)
-        self.reader = reader
-        self.refresh_ms = refresh_ms
-        self.default_count = default_count
+    def start(self, timeout_s: float = 30.0) -> DashboardServer:
+        """Serve; return once the socket listens.
+
+        Raises:
+            RuntimeError: It did not start (e.g. the port is taken).
+        """
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the console's HTTP server did not start "
+                                   "(port taken? see the log)")
+            time.sleep(0.02)
+        return self
 
     @property
     def url(self) -> str:
         """Base URL of the bound server."""
-        host, port = self.server_address[:2]
+        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
         return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> DashboardServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

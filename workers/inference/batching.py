@@ -7,7 +7,15 @@ waited ``max_wait_s``. Pure logic: the caller supplies arrival times and the clo
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+import numpy as np
+
+from pipeline.errors import FrameError
+from pipeline.wire.messages import ConsumedRecord, ResultMessage
+from workers.inference.admission import Admitted
 
 T = TypeVar("T")
 
@@ -55,3 +63,23 @@ class MicroBatcher(Generic[T]):
         """Remove and return up to ``max_batch_size`` items, oldest first."""
         count = min(self.max_batch_size, len(self._items))
         return [self._items.popleft()[1] for _ in range(count)]
+
+
+@dataclass(slots=True)
+class DecodingBatch:
+    """A batch whose frames are being decoded in the pool."""
+
+    records: list[ConsumedRecord]
+    decoding: list[Future[Admitted | FrameError]]
+    started: float
+
+
+@dataclass(slots=True)
+class PublishJob:
+    """One batch handed from the model loop to the publisher."""
+
+    results: list[ResultMessage] = field(default_factory=list)
+    heatmaps: list[np.ndarray] = field(default_factory=list)
+    frame_jpegs: list[bytes | np.ndarray] = field(default_factory=list)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    dead_letters: int = 0

@@ -22,8 +22,10 @@ from pipeline.redis.client import connect
 from pipeline.redis.model_events import ModelUpdateListener
 from pipeline.redis.results import RedisResultSink
 from pipeline.runtimes import loader, pytorch
+from pipeline.wire.layout import RedisKeys
 from workers import startup
 from workers.inference.admission import CaptureWindow
+from workers.inference.health import HealthPublisher
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.settings import WorkerSettings
 from workers.inference.worker import InferenceWorker
@@ -71,7 +73,7 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
                                                settings.limits.max_capture_lead_s))
     if not sink.ping():  # refused credentials raise ConfigurationError: exit at once
         logger.warning("Redis does not answer yet; results wait until it does")
-    return InferenceWorker(
+    worker = InferenceWorker(
         source, sink, KafkaDeadLetterSink(
             dead_letter_producer, kafka.dead_letter_topic, settings.worker_id,
             kafka.max_message_bytes,
@@ -87,6 +89,11 @@ def build_worker(settings: WorkerSettings, stack: ExitStack) -> InferenceWorker:
         window=CaptureWindow(settings.limits.max_capture_age_s,
                              settings.limits.max_capture_lead_s),
         probe_interval_s=settings.readiness_probe_s)
+    # the operator's console reads this record (lag, frames/s, dead letters, models)
+    stack.enter_context(HealthPublisher(
+        connect(settings.redis), RedisKeys(settings.redis.key_prefix), settings.worker_id,
+        worker.health, settings.health_interval_s))
+    return worker
 
 
 def _run(started: startup.Started[WorkerSettings]) -> int:

@@ -96,6 +96,9 @@ class WorkerSettings(ProcessSettings):
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     fetch_max_wait_ms: int = Field(default=100, ge=0)
     retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    health_interval_s: float = Field(
+        default=5.0, ge=0.2, le=300,
+        description="How often the worker publishes its health record for the console.")
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, description="After SIGTERM, stop within this long even while "
         "Redis or Kafka are down (unstored frames stay uncommitted and are replayed); keep "

@@ -4,9 +4,8 @@ Life cycle (visible in the logs): set up, loop until the stop event, tear down.
 The batch loop reads like the spec:
 
 1. poll up to ``max_batch_size`` frames, or until the oldest waited ``max_wait_ms``;
-2. parse and decode them in a thread pool (bad ones go to the dead-letter topic); a
-   batch starts decoding as soon as it is due, while the model still runs the previous
-   one (one batch in decode at a time), so the model does not wait on JPEG decoding;
+2. admit (parse, check, decode) them in a thread pool, bad ones to the dead-letter topic;
+   the next batch decodes while the model runs this one, so it never waits on JPEG decode;
 3. run each product line's model on its frames, batches in arrival order;
 4. hand the batch to the publisher thread, which PNG-encodes the heatmaps (thread pool)
    and writes everything to Redis while the main thread already runs the next batch;
@@ -20,9 +19,9 @@ flow (the idle publisher pings it). SIGTERM finishes the batch in hand, stores i
 commits and exits, and every wait (the hand-off, Redis and dead-letter retries) gives up
 after ``shutdown_timeout_s``: what is not stored by then stays uncommitted and is replayed.
 
-No record can stop the loop: :func:`~workers.inference.admission.admit` turns any
-failure into a dead letter with a reason, a model call that fails on a batch is retried
-frame by frame, and only configuration errors end the process.
+No record can stop the loop: :func:`~workers.inference.admission.admit` makes any failure
+a dead letter with a reason, a failed batch is retried frame by frame; only configuration
+errors end the process. ``health`` is what the console shows (workers/inference/health.py).
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -52,31 +51,12 @@ from pipeline.wire.messages import (
     Timings,
 )
 from workers.inference.admission import Admitted, CaptureWindow, admit
-from workers.inference.batching import MicroBatcher
+from workers.inference.batching import DecodingBatch, MicroBatcher, PublishJob
+from workers.inference.health import HealthState
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.ports import DeadLetterSink, FrameSource, ModelProvider, ResultSink
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A batch whose frames are being decoded in the pool."""
-
-    records: list[ConsumedRecord]
-    decoding: list[Future[Admitted | FrameError]]
-    started: float
-
-
-@dataclass(slots=True)
-class _Job:
-    """One batch handed from the model loop to the publisher."""
-
-    results: list[ResultMessage] = field(default_factory=list)
-    heatmaps: list[np.ndarray] = field(default_factory=list)
-    frame_jpegs: list[bytes | np.ndarray] = field(default_factory=list)
-    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    dead_letters: int = 0
 
 
 class InferenceWorker:
@@ -117,12 +97,13 @@ class InferenceWorker:
                                                                    max_wait_ms / 1000.0)
         self._limits = limits or ImageLimits()
         self.metrics = metrics or WorkerMetrics()
+        self.health = HealthState()
         self._pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="codec")
         self._store_frames = store_frames
         self._retry_backoff_max_s = retry_backoff_max_s
         self._shutdown_timeout_s = shutdown_timeout_s
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
-        self._pending: _Pending | None = None  # decoding while the model runs
+        self._jobs: queue.Queue[PublishJob | None] = queue.Queue(maxsize=1)
+        self._pending: DecodingBatch | None = None  # decoding while the model runs
         self._done: queue.SimpleQueue[dict[tuple[str, int], int]] = queue.SimpleQueue()
         self._publisher: threading.Thread | None = None
         self._window = window or CaptureWindow()
@@ -187,7 +168,9 @@ class InferenceWorker:
             for record in records:
                 self._batcher.add(record, record.received_monotonic)
             self.metrics.frames_in.inc(len(records))
-            for (topic, partition), lag in self._source.lag().items():
+            lags = self._source.lag()
+            self.health.set_lag(lags)
+            for (topic, partition), lag in lags.items():
                 self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         following = None
         if self._batcher.ready(time.monotonic()):
@@ -225,15 +208,15 @@ class InferenceWorker:
             logger.info("worker %s: stopped", self.worker_id)
 
     # ----------------------------------------------------------------- model loop
-    def _start_batch(self, records: list[ConsumedRecord]) -> _Pending:
+    def _start_batch(self, records: list[ConsumedRecord]) -> DecodingBatch:
         """Start decoding a batch in the pool."""
-        return _Pending(records, [self._pool.submit(self._admit, record) for record in records],
-                        time.monotonic())
+        decoding = [self._pool.submit(self._admit, record) for record in records]
+        return DecodingBatch(records, decoding, time.monotonic())
 
-    def _finish_batch(self, pending: _Pending) -> None:
+    def _finish_batch(self, pending: DecodingBatch) -> None:
         """Wait for a batch's decoding, run its models and hand it to the publisher."""
         records, started = pending.records, pending.started
-        job = _Job()
+        job = PublishJob()
         for record in records:
             key = (record.topic, record.partition)
             job.next_offsets[key] = max(job.next_offsets.get(key, 0), record.offset + 1)
@@ -254,11 +237,14 @@ class InferenceWorker:
     def _admit(self, record: ConsumedRecord) -> Admitted | FrameError:
         return admit(record, self._limits, self._window)
 
-    def _infer_line(self, job: _Job, line: str, items: list[Admitted], started: float) -> None:
+    def _infer_line(
+        self, job: PublishJob, line: str, items: list[Admitted], started: float
+    ) -> None:
         try:
             model = self._models.get(line)
         except ModelNotFoundError as error:
             for item in items:
+                self.health.missing_model(line, item.frame.camera_id)
                 self._dead_letter(job, item.record, error)
             return
         infer_start = time.perf_counter()
@@ -280,6 +266,7 @@ class InferenceWorker:
         self.metrics.batch_size.observe(len(items))
         self.metrics.inference.observe(infer_s)
         version = str(model.metadata.version)
+        self.health.served(line, version)
         for index, item in enumerate(items):
             frame = item.frame
             job.results.append(ResultMessage(
@@ -304,14 +291,15 @@ class InferenceWorker:
             else:
                 job.frame_jpegs.append(item.image)
 
-    def _dead_letter(self, job: _Job, record: ConsumedRecord, error: FrameError) -> None:
+    def _dead_letter(self, job: PublishJob, record: ConsumedRecord, error: FrameError) -> None:
         logger.warning("dead letter %s/%d@%d: %s (%s)", record.topic, record.partition,
                        record.offset, error.reason, error)
         self._dead_letters.dead_letter(record, error.reason, str(error))
         self.metrics.dead_letters.labels(reason=error.reason).inc()
+        self.health.dead_letter(error.reason)
         job.dead_letters += 1
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: PublishJob) -> None:
         """Hand a job to the publisher; while it is stuck, pause and keep the membership.
 
         A stop starts the shutdown clock; when it runs out the job is left unstored (its
@@ -336,6 +324,7 @@ class InferenceWorker:
                     self._source.pause()
                     self.metrics.paused.set(1)
                     self._polling = False
+                    self.health.set_paused(True)
                     paused = True
                 for record in self._source.poll(50, 1):  # keeps the group membership alive
                     self._batcher.add(record, record.received_monotonic)
@@ -347,8 +336,9 @@ class InferenceWorker:
             self._source.resume()
             self.metrics.paused.set(0)
             self._polling = True
+            self.health.set_paused(False)
 
-    def _hand_over(self, job: _Job | None) -> None:
+    def _hand_over(self, job: PublishJob | None) -> None:
         """Put a job (or the end marker) on the queue, giving up once the clock ran out."""
         while not self._abort.is_set():
             try:
@@ -403,7 +393,7 @@ class InferenceWorker:
                 return
             self._done.put(job.next_offsets)
 
-    def _publish(self, job: _Job) -> bool:
+    def _publish(self, job: PublishJob) -> bool:
         """Store a job (retrying while Redis is down); False when a stop gave up on it."""
         pngs = list(self._pool.map(encode_heatmap_png, job.heatmaps))
         jpegs = list(self._pool.map(_as_jpeg, job.frame_jpegs))
@@ -429,6 +419,7 @@ class InferenceWorker:
                       what="sending dead letters", stop=self._abort)
         except RetryAborted:
             return False
+        self.health.stored(len(items))
         for item, was_new in zip(items, fresh, strict=True):
             result = item.result
             self.metrics.frames_out.labels(line=result.product_line).inc()

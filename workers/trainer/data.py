@@ -3,8 +3,10 @@
 Folders: ``<data_dir>/<line>/good`` by default (:data:`pipeline.files.IMAGE_SUFFIXES`).
 Topic: records in the frame wire format, filtered by line, the newest ``max_records`` of
 each partition read without a consumer group and bounded by a timeout
-(:class:`pipeline.kafka.consumer.TopicTail`). Every frame keeps a digest of its pixels and
-where it came from. How frames are then chosen: :mod:`workers.trainer.selection`.
+(:class:`pipeline.kafka.consumer.TopicTail`). Reviewed false alarms: the frames operators
+marked as false alarms in the console (``{p}:false-alarms:{line}`` in Redis, newest
+first). Every frame keeps a digest of its pixels and where it came from. How frames are
+then chosen: :mod:`workers.trainer.selection`.
 """
 
 from __future__ import annotations
@@ -16,17 +18,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+import redis
 
-from pipeline.errors import FrameError, LinewatchError
+from pipeline.errors import FrameError, LinewatchError, TransportUnavailableError
 from pipeline.files import list_image_files, read_image_file
 from pipeline.kafka.consumer import TopicTail
-from pipeline.settings import KafkaSettings
+from pipeline.redis.client import connect
+from pipeline.settings import KafkaSettings, RedisSettings
 from pipeline.wire.codec import ImageLimits, decode_frame
+from pipeline.wire.layout import RedisKeys
 from pipeline.wire.messages import ConsumedRecord, FrameMessage
+from pipeline.wire.operations import Review
 
 logger = logging.getLogger(__name__)
-
 
 
 class TrainingDataError(LinewatchError):
@@ -151,3 +157,53 @@ def _decode_capture(record: ConsumedRecord, line: str, limits: ImageLimits,
         return None
     stats.matched += 1
     return labelled(image, f"{record.topic}/{record.partition}@{record.offset}")
+
+
+def load_false_alarms(settings: RedisSettings, line: str,
+                      max_frames: int) -> tuple[list[LabelledImage], int]:
+    """The newest ``max_frames`` frames operators marked as false alarms on ``line``.
+
+    A frame whose review was changed since (to ``acknowledged``) is left out, and a frame
+    marked twice counts once.
+
+    Returns:
+        (frames, entries skipped as unreadable), oldest first. Each frame's source is
+        ``false-alarm:<camera>/<frame id>``.
+
+    Raises:
+        TransportUnavailableError: Redis cannot be reached.
+    """
+    keys = RedisKeys(settings.key_prefix)
+    client = connect(settings)
+    try:
+        entries = client.xrevrange(keys.false_alarms(line), count=max_frames)
+        current = client.hgetall(keys.reviews(line))
+    except redis.RedisError as error:
+        raise TransportUnavailableError(f"reviewed false alarms unreadable: {error}") from error
+    finally:
+        client.close()
+    frames: list[LabelledImage] = []
+    seen: set[str] = set()
+    skipped = 0
+    for entry_id, fields in reversed(entries):
+        try:
+            review = Review.from_json(fields[b"review"])
+            jpeg = np.frombuffer(fields[b"frame"], np.uint8)
+            now = current.get(review.key.encode())
+            if now is not None and Review.from_json(now).verdict != "false_alarm":
+                continue  # the operator changed their mind
+        except (KeyError, FrameError) as error:
+            logger.warning("false alarm %r skipped: %s", entry_id, error)
+            skipped += 1
+            continue
+        if review.key in seen:
+            continue
+        seen.add(review.key)
+        bgr = cv2.imdecode(jpeg, cv2.IMREAD_COLOR) if jpeg.size else None
+        if bgr is None:
+            logger.warning("false alarm %s skipped: its frame does not decode", review.key)
+            skipped += 1
+            continue
+        frames.append(labelled(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
+                               f"false-alarm:{review.key}"))
+    return frames, skipped

@@ -2,14 +2,16 @@
 
 Both models are scored on the same gate frames, which neither was trained on: the false
 alarm rate at each model's own calibrated threshold on good frames, and, with labelled
-defective frames, the detection rate and the AUROC. :func:`judge` lists the reasons to
-refuse (empty: promote).
+defective frames, the detection rate and the AUROC. Both are also scored on the frames
+operators marked as false alarms (the candidate was trained on them): the share each still
+flags, which the candidate may not raise above the current model's. :func:`judge` lists
+the reasons to refuse (empty: promote).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,8 @@ class GateFigures:
         defect_frames: Labelled defective frames scored.
         detection_rate: Share of those flagged (``None`` without defective frames).
         auroc: Good vs defective, from the raw scores (``None`` without defective frames).
+        reviewed_frames: Frames operators marked as false alarms, scored.
+        reviewed_flagged_rate: Share of them still flagged (``None`` without any).
     """
 
     version: str
@@ -36,6 +40,8 @@ class GateFigures:
     defect_frames: int = 0
     detection_rate: float | None = None
     auroc: float | None = None
+    reviewed_frames: int = 0
+    reviewed_flagged_rate: float | None = None
 
 
 def score_on_gate(detector: Any, good: Sequence[np.ndarray], defects: Sequence[np.ndarray],
@@ -77,6 +83,18 @@ def score_on_gate(detector: Any, good: Sequence[np.ndarray], defects: Sequence[n
     return figures
 
 
+def with_reviewed(figures: GateFigures, detector: Any,
+                  false_alarms: Sequence[np.ndarray], chunk: int = 16) -> GateFigures:
+    """``figures`` plus the share of reviewed false alarms ``detector`` still flags."""
+    if not false_alarms:
+        return figures
+    flagged = 0
+    for start in range(0, len(false_alarms), chunk):
+        flagged += int(np.sum(detector.predict(list(false_alarms[start:start + chunk])).labels))
+    return replace(figures, reviewed_frames=len(false_alarms),
+                   reviewed_flagged_rate=flagged / len(false_alarms))
+
+
 def judge(candidate: GateFigures, current: GateFigures | None,
           bounds: GateSettings) -> list[str]:
     """Reasons to refuse the candidate (empty: it may be promoted)."""
@@ -95,6 +113,11 @@ def judge(candidate: GateFigures, current: GateFigures | None,
         reasons.append(f"AUROC {candidate.auroc:.3f} < {bounds.min_auroc:.3f}")
     if current is None:
         return reasons
+    if candidate.reviewed_flagged_rate is not None and current.reviewed_flagged_rate is not None \
+            and candidate.reviewed_flagged_rate > current.reviewed_flagged_rate:
+        reasons.append(f"flags {candidate.reviewed_flagged_rate:.3f} of the reviewed false "
+                       f"alarms, more than the current model's "
+                       f"{current.reviewed_flagged_rate:.3f}")
     if candidate.false_alarm_rate > current.false_alarm_rate + bounds.max_false_alarm_increase:
         reasons.append(f"false alarm rate {candidate.false_alarm_rate:.3f} exceeds the current "
                        f"model's {current.false_alarm_rate:.3f} by more than "

@@ -88,6 +88,8 @@ def summary_table(outcome: TrainingOutcome, bounds: GateSettings, dry_run: bool 
         ("split", f"train {counts.get('train', 0)} (+{counts.get('train_not_sampled', 0)} not "
                   f"sampled), gate {counts.get('gate_from_split', 0)} + "
                   f"{counts.get('gate_extra', 0)} extra, defects {counts.get('defects', 0)}"),
+        ("false alarms", f"{counts.get('false_alarms', 0)} marked in the console, trained on "
+                         f"as good frames (in train)"),
         ("fit", f"{outcome.fit_s:.1f} s ({outcome.fit.get('image_size')} px, "
                 f"{outcome.fit.get('epochs')} epochs, {outcome.fit.get('device')})"),
     ]
@@ -105,6 +107,9 @@ def summary_table(outcome: TrainingOutcome, bounds: GateSettings, dry_run: bool 
                  f"{bounds.max_detection_drop:.3f}")
     lines.append(f"{'AUROC':<22}{_rate(cand and cand.auroc):>11}{_rate(cur and cur.auroc):>11}"
                  f"   >= {bounds.min_auroc:.3f}, >= current - {bounds.max_auroc_drop:.3f}")
+    lines.append(f"{'reviewed still flagged':<22}"
+                 f"{_rate(cand and cand.reviewed_flagged_rate):>11}"
+                 f"{_rate(cur and cur.reviewed_flagged_rate):>11}   <= current")
     lines.append(f"{'good / defect frames':<22}"
                  f"{(f'{cand.good_frames}/{cand.defect_frames}' if cand else '-'):>11}")
     lines.append("")

@@ -13,7 +13,7 @@ from typing import Any
 from pipeline.model_store import read_current
 from pipeline.runtimes import pytorch
 from pipeline.wire.layout import artifact_path
-from workers.trainer.gate import judge, score_on_gate
+from workers.trainer.gate import judge, score_on_gate, with_reviewed
 from workers.trainer.promotion import promote
 from workers.trainer.report import TrainingOutcome
 from workers.trainer.selection import TrainingData, collect_data
@@ -101,6 +101,7 @@ def run_training(settings: TrainerSettings, options: RunOptions,
                         gate_dirs=options.gate_good, defect_dirs=options.defects,
                         capture_topic=options.capture_topic, progress=options.progress)
     outcome.counts, outcome.sources = data.counts, data.sources
+    outcome.notes += data.notes
     outcome.fit = settings.fit.model_dump(mode="json") | {"device": device}
     logger.info("line %s: %d training frames, %d gate frames, %d defective frames", line,
                 len(data.train), len(data.gate_good), len(data.defects))
@@ -110,10 +111,13 @@ def run_training(settings: TrainerSettings, options: RunOptions,
     outcome.candidate = str(candidate.metadata.version)
     good = [item.image for item in data.gate_good]
     defects = [item.image for item in data.defects]
-    outcome.candidate_figures = score_on_gate(candidate, good, defects, options.progress)
+    reviewed = [item.image for item in data.false_alarms]
+    outcome.candidate_figures = with_reviewed(
+        score_on_gate(candidate, good, defects, options.progress), candidate, reviewed)
     current = _load_current(settings, line, previous, device, outcome)
     if current is not None:
-        outcome.current_figures = score_on_gate(current, good, defects, options.progress)
+        outcome.current_figures = with_reviewed(
+            score_on_gate(current, good, defects, options.progress), current, reviewed)
         del current
     outcome.reasons = judge(outcome.candidate_figures, outcome.current_figures, settings.gate)
     if not outcome.reasons and not options.dry_run:

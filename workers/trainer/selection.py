@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +21,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.errors import TransportUnavailableError
 from pipeline.wire.layout import report_path
 from workers.trainer.data import (
     LabelledImage,
     TrainingDataError,
     capture_from_topic,
+    load_false_alarms,
     load_folders,
 )
 from workers.trainer.settings import TrainerSettings
+
+logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 16
 
@@ -110,15 +115,19 @@ class TrainingData:
         train: Training frames (the fit holds out its own calibration share of these).
         gate_good: Good frames no model of the line was trained on.
         defects: Labelled defective frames.
+        false_alarms: Frames operators marked as false alarms (also in ``train``).
         counts: Frames read, unreadable, duplicates, per split.
         sources: Where the frames came from.
+        notes: Remarks for the report (e.g. false alarms that could not be read).
     """
 
     train: list[LabelledImage]
     gate_good: list[LabelledImage]
     defects: list[LabelledImage]
+    false_alarms: list[LabelledImage] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     sources: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _default_folder(settings: TrainerSettings, line: str, name: str) -> tuple[Path, ...]:
@@ -184,12 +193,30 @@ def collect_data(settings: TrainerSettings, line: str, current_version: str | No
     defects, bad_defects = load_folders(defect_folders, recursive=True,
                                         progress=progress, what="defective frames")
     train = sample(train_pool, settings.max_images, settings.fit.seed)
+    sampled = len(train)
+    # reviewed false alarms are good frames the current model got wrong: all of them train
+    reviewed: list[LabelledImage] = []
+    bad_reviewed = 0
+    notes = []
+    if settings.max_false_alarms:
+        try:
+            reviewed, bad_reviewed = load_false_alarms(settings.redis, line,
+                                                       settings.max_false_alarms)
+        except TransportUnavailableError as error:
+            notes.append(f"trained without the reviewed false alarms: {error}")
+            logger.warning(notes[-1])
+    in_train = {item.digest for item in train}
+    train += [item for item in reviewed if item.digest not in in_train]
     if len(train) < 4:
         raise TrainingDataError(f"only {len(train)} distinct training frames for line {line!r}")
     sources.update(gate_good=[str(f) for f in gate_folders],
                    defects=[str(f) for f in defect_folders])
     counts.update(duplicates=duplicates, unique=len(unique), train=len(train),
-                  train_not_sampled=len(train_pool) - len(train),
+                  train_not_sampled=len(train_pool) - sampled,
                   gate_from_split=len(gate_good), gate_extra=len(extra_gate),
-                  defects=len(defects), unreadable=unreadable + bad + bad_defects)
-    return TrainingData(train, gate_good + extra_gate, defects, counts, sources)
+                  defects=len(defects), false_alarms=len(reviewed),
+                  unreadable=unreadable + bad + bad_defects + bad_reviewed)
+    if settings.max_false_alarms:
+        sources["false_alarms"] = [f"redis:{settings.redis.key_prefix}:false-alarms:{line}"]
+    return TrainingData(train, gate_good + extra_gate, defects, reviewed, counts, sources,
+                        notes)

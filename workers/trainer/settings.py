@@ -95,5 +95,9 @@ class TrainerSettings(ProcessSettings):
         description="Frames whose 16x16 grey thumbnails differ by less (mean abs, 0-255) "
                     "are duplicates; 0 turns de-duplication off.")
     keep_versions: int = Field(default=5, ge=1, description="Versions kept per line.")
+    max_false_alarms: int = Field(
+        default=500, ge=0,
+        description="Newest frames marked as false alarms in the console taken as good "
+                    "training frames (also scored by the gate); 0 ignores them.")
     fit: FitSettings = FitSettings()
     gate: GateSettings = GateSettings()

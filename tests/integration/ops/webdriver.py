@@ -36,7 +36,11 @@ CHROMIUM_ARGS = [
 
 
 def browser_missing_reason() -> str | None:
-    """Say why the browser tests cannot run here, or ``None`` when they can."""
+    """Say why the browser tests cannot run here, or ``None`` when they can.
+
+    The tests fail on it, unless ``LINEWATCH_ALLOW_NO_BROWSER=1`` lets them skip (a
+    developer machine without Chromium; CI never sets it).
+    """
     for path in (CHROMIUM, CHROMEDRIVER):
         if not path.exists():
             return f"{path} missing: apt-get install -y chromium chromium-driver"
@@ -122,6 +126,32 @@ class WebDriver:
         element_id = next(iter(found.values()))
         encoded = self._request("GET", f"{self._session}/element/{element_id}/screenshot")
         return base64.b64decode(encoded)
+
+    def screenshot_png(self) -> bytes:
+        """Screenshot of the whole viewport, as PNG bytes."""
+        return base64.b64decode(self._request("GET", f"{self._session}/screenshot"))
+
+    def click(self, css: str, attempts: int = 5) -> None:
+        """Click the first element matching ``css`` (a real pointer click).
+
+        A page that re-renders on a timer may replace the element between finding and
+        clicking it ("stale element reference"): it is then found again.
+        """
+        for attempt in range(attempts):
+            found = self._request(
+                "POST", f"{self._session}/element", {"using": "css selector", "value": css}
+            )
+            element_id = next(iter(found.values()))
+            try:
+                self._request("POST", f"{self._session}/element/{element_id}/click", {})
+                return
+            except RuntimeError as error:
+                if "stale element" not in str(error) or attempt == attempts - 1:
+                    raise
+
+    def delete_cookies(self) -> None:
+        """Forget every cookie (a new visitor)."""
+        self._request("DELETE", f"{self._session}/cookie")
 
     def close(self) -> None:
         """End the session and the driver."""

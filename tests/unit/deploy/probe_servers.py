@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,8 +13,11 @@ from redis.retry import Retry
 
 from pipeline.observability import HealthServer, new_registry
 from pipeline.redis.results import RedisResultReader
+from pipeline.settings import RedisSettings
 from pipeline.wire.layout import RedisKeys
+from workers.dashboard.console import Console
 from workers.dashboard.server import DashboardServer
+from workers.dashboard.settings import AuthSettings, DashboardSettings
 
 #: Processes whose endpoints are served by pipeline.observability.HealthServer.
 HEALTH_SERVER_PROCESSES = {"worker", "producer", "drift-monitor"}
@@ -29,15 +31,12 @@ def serving(process: str) -> Iterator[str]:
         client = redis.Redis(
             host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
         )
-        server = DashboardServer(("127.0.0.1", 0), RedisResultReader(client,
-                                                                     RedisKeys("probe-check")))
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        settings = DashboardSettings(
+            redis=RedisSettings(url="redis://127.0.0.1:1/0", key_prefix="probe-check"),
+            auth=AuthSettings(password="probe-check-password"), http={"port": 0})
+        console = Console(RedisResultReader(client, RedisKeys("probe-check")))
+        with DashboardServer(settings, console) as server:
             yield server.url
-        finally:
-            server.shutdown()
-            server.server_close()
         return
     if process not in HEALTH_SERVER_PROCESSES:
         raise ValueError(f"{process} serves no HTTP endpoints")

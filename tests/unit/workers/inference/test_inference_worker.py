@@ -88,6 +88,14 @@ def test_bad_records_go_to_dead_letters_and_good_ones_still_get_results():
                        "unknown_product_line"]
     assert letters.flushed >= 1
     assert metric_total(worker.metrics.registry, "linewatch_worker_dead_letters_total") == 4
+    # what the console shows of this worker (its health record)
+    health, stored = worker.health.snapshot("w1", 0.0)
+    assert stored == 4 and health.models == {"line-a": "v1"}
+    assert health.dead_letters == {"empty_payload": 1, "missing_headers": 1,
+                                   "undecodable_payload": 1, "unknown_product_line": 1}
+    assert health.no_model == {"no-model-line": ["cam"]}
+    assert health.lag == {"frames/0": 0} and not health.paused
+    assert worker.health.snapshot("w1", 0.0)[0].no_model == {}, "reported for one interval"
 
 
 def test_redis_outage_pauses_consumption_commits_nothing_then_resumes():
