@@ -153,11 +153,11 @@ def test_login_required(console: DashboardServer, browser: WebDriver) -> None:
     browser.get(url + "/")
     assert browser.wait_for("return location.pathname === '/login' && location.pathname;")
     _login(browser, url, "wrong password!")
-    message = browser.wait_for("return document.getElementById('error').textContent;")
+    message = browser.wait_for("return document.getElementById('error')?.textContent;")
     assert "Wrong" in message
     _shot(browser, "login-refused")
     _login(browser, url, PASSWORD)
-    assert browser.wait_for("return document.getElementById('user').textContent;") == "operator"
+    assert browser.wait_for("return document.getElementById('user')?.textContent;") == "operator"
     cookie = browser.execute("return document.cookie;")
     assert "linewatch_session" not in cookie, "the session cookie must be HttpOnly"
 

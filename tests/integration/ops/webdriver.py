@@ -108,10 +108,19 @@ class WebDriver:
         )
 
     def wait_for(self, script: str, timeout_s: float = 20.0) -> Any:
-        """Poll ``script`` until it returns a truthy value."""
+        """Poll ``script`` until it returns a truthy value.
+
+        A script error while polling (the page is between two documents, e.g. right after a
+        login redirect) counts as "not yet"; the last one is raised at the deadline.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
-            value = self.execute(script)
+            try:
+                value = self.execute(script)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:
