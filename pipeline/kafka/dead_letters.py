@@ -127,14 +127,10 @@ class KafkaDeadLetterSink:
             if letter.future is None:
                 failed.append(letter)
                 continue
-            try:
-                letter.future.get(timeout=max(0.01, deadline - time.monotonic()))
-            except PERMANENT_ERRORS as error:
-                raise ConfigurationError(f"Kafka refused the dead letter: {error}") from error
-            except _TOO_LARGE as error:
-                letter.error = error
+            outcome = self._wait(letter, deadline)
+            if outcome == "too_large":
                 refused.append(letter)
-            except KafkaError:
+            elif outcome == "failed":
                 failed.append(letter)
         for letter in refused:
             if letter.stripped:
@@ -150,7 +146,11 @@ class KafkaDeadLetterSink:
             elif retry.future is None:
                 failed.append(retry)
             else:
-                self._await(retry, deadline, failed)
+                outcome = self._wait(retry, deadline)
+                if outcome == "too_large":
+                    self._drop(retry)
+                elif outcome == "failed":
+                    failed.append(retry)
         if not failed:
             return
         self._sink.reset()
@@ -159,16 +159,23 @@ class KafkaDeadLetterSink:
             self._pending = retried + self._pending
         raise TransportUnavailableError(f"{len(failed)} dead letter(s) not acknowledged yet")
 
-    def _await(self, letter: _Letter, deadline: float, failed: list[_Letter]) -> None:
+    @staticmethod
+    def _wait(letter: _Letter, deadline: float) -> str:
+        """Waits for one send: ``sent``, ``too_large`` (``letter.error`` set) or ``failed``.
+
+        Raises:
+            ConfigurationError: Kafka refused it for good (authorisation, ...).
+        """
         try:
             letter.future.get(timeout=max(0.01, deadline - time.monotonic()))
         except PERMANENT_ERRORS as error:
             raise ConfigurationError(f"Kafka refused the dead letter: {error}") from error
         except _TOO_LARGE as error:
             letter.error = error
-            self._drop(letter)
+            return "too_large"
         except KafkaError:
-            failed.append(letter)
+            return "failed"
+        return "sent"
 
     def _drop(self, letter: _Letter) -> None:
         fields = {k: (v or b"").decode("utf-8", "replace") for k, v in letter.headers}
