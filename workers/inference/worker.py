@@ -172,12 +172,7 @@ class InferenceWorker:
             self.health.set_lag(lags)
             for (topic, partition), lag in lags.items():
                 self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
-        following = None
-        if self._batcher.ready(time.monotonic()):
-            following = self._start_batch(self._batcher.take())
-        if self._pending is not None:
-            self._finish_batch(self._pending)  # the following batch decodes meanwhile
-        self._pending = following
+        self._advance(self._batcher.ready(time.monotonic()))
 
     def _tear_down(self) -> None:
         logger.info("worker %s: stopping within %.0fs; finishing %d frame(s) in hand",
@@ -188,11 +183,7 @@ class InferenceWorker:
         try:
             while ((len(self._batcher) or self._pending) and self.fatal_error is None
                    and not self._abort.is_set()):
-                following = self._start_batch(self._batcher.take()) if len(
-                    self._batcher) else None
-                if self._pending is not None:
-                    self._finish_batch(self._pending)
-                self._pending = following
+                self._advance(len(self._batcher) > 0)
         finally:
             self._hand_over(None)
             if self._publisher is not None:
@@ -208,6 +199,16 @@ class InferenceWorker:
             logger.info("worker %s: stopped", self.worker_id)
 
     # ----------------------------------------------------------------- model loop
+    def _advance(self, due: bool) -> None:
+        """Start decoding the next batch when one is due, then finish the one in decode.
+
+        The following batch decodes in the pool while the model runs the pending one.
+        """
+        following = self._start_batch(self._batcher.take()) if due else None
+        if self._pending is not None:
+            self._finish_batch(self._pending)
+        self._pending = following
+
     def _start_batch(self, records: list[ConsumedRecord]) -> DecodingBatch:
         """Start decoding a batch in the pool."""
         decoding = [self._pool.submit(self._admit, record) for record in records]
