@@ -144,9 +144,8 @@ class ExportedDetector:
         calibration = self.metadata.calibration
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
         normalized = np.asarray(calibration.normalize(scores), dtype=np.float32)
-        heatmaps = np.asarray(heatmaps, dtype=np.float32)
-        factor = np.float32(0.5 / (calibration.threshold - calibration.center))
-        heatmaps = (heatmaps - np.float32(calibration.center)) * factor
+        heatmaps = np.asarray(
+            calibration.normalize(np.asarray(heatmaps, dtype=np.float32)), dtype=np.float32)
         return Prediction(scores=scores, normalized_scores=normalized,
                           labels=normalized >= 0.5, heatmaps=heatmaps)
 
