@@ -1,4 +1,11 @@
-"""Reading images and MVTec-AD-layout folders (torchvision's decoders; no OpenCV here)."""
+"""Reading images and MVTec-AD-layout folders.
+
+JPEG, PNG, WebP and GIF go through torchvision's decoders; TIFF and BMP, which torchvision
+cannot decode, through OpenCV's (already a dependency of the project). Every image comes out
+as 8-bit RGB: 16-bit images (common for electroluminescence and X-ray cameras) are scaled
+from their full 0..65535 range, the same mapping for every image of a line, so a darker
+image stays darker (a per-image stretch would hide exactly the low-contrast defects).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
@@ -19,21 +27,57 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding", mod
 from model.errors import DatasetError  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# Leading bytes of the formats torchvision's decode_image reads; anything else goes to OpenCV.
+_TORCHVISION_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF", b"GIF87a", b"GIF89a")
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Maps an 8- or 16-bit image to uint8 (16-bit: ``round(v * 255 / 65535)``).
+
+    Raises:
+        DatasetError: For any other sample type (e.g. floating-point TIFFs).
+    """
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        scaled = (image.astype(np.uint32) * 255 + 32767) // 65535
+        return scaled.astype(np.uint8)
+    raise DatasetError(f"unsupported sample type {image.dtype} (8- or 16-bit images only)")
+
+
+def _decode_opencv(data: bytes) -> np.ndarray:
+    """Decodes TIFF, BMP and the other formats OpenCV reads into ``HxWx3`` RGB."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if image is None:
+        raise ValueError("not an image OpenCV can decode")
+    image = to_uint8(image)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Reads an image file as ``HxWx3`` uint8 RGB.
+    """Reads an image file as ``HxWx3`` uint8 RGB (grayscale is repeated, alpha dropped).
 
     Raises:
-        DatasetError: When the file is missing or cannot be decoded.
+        DatasetError: When the file is missing, cannot be decoded or has a sample type
+            other than 8 or 16 bits.
     """
     path = Path(path)
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        tensor = decode_image(data, mode=ImageReadMode.RGB)
-    except (OSError, RuntimeError, ValueError) as error:
+        data = path.read_bytes()
+        if data.startswith(_TORCHVISION_MAGIC):
+            tensor = decode_image(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
+            )
+            array = tensor.permute(1, 2, 0).contiguous().numpy()
+            return to_uint8(array)
+        return _decode_opencv(data)
+    except (OSError, RuntimeError, ValueError, cv2.error) as error:
         raise DatasetError(f"cannot read image {path}: {error}") from error
-    return tensor.permute(1, 2, 0).contiguous().numpy()
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -1,0 +1,71 @@
+"""Reading every image format the listing accepts, as 8-bit RGB."""
+
+import cv2
+import numpy as np
+import pytest
+
+from model.data import IMAGE_SUFFIXES, list_images, read_image, read_mask, to_uint8
+from model.errors import DatasetError
+
+
+def _gradient(dtype: type, height: int = 24, width: int = 40) -> np.ndarray:
+    top = np.iinfo(dtype).max
+    row = np.linspace(0, top, width).round().astype(dtype)
+    return np.repeat(row[None, :], height, axis=0)
+
+
+@pytest.mark.parametrize("suffix", IMAGE_SUFFIXES)
+def test_every_listed_suffix_reads_as_rgb_uint8(tmp_path, suffix):
+    bgr = np.zeros((24, 40, 3), dtype=np.uint8)
+    bgr[:, :, 2] = 200  # red in OpenCV's BGR order
+    bgr[:, 20:, 0] = 100
+    path = tmp_path / f"image{suffix}"
+    assert cv2.imwrite(str(path), bgr)
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.shape == (24, 40, 3)
+    expected = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(int)
+    error = np.abs(image.astype(int) - expected)
+    if suffix in (".png", ".bmp", ".tif", ".tiff"):
+        assert error.max() == 0
+    else:  # lossy codecs: chroma subsampling smears the sharp colour edge
+        assert error.mean() < 4
+    assert list_images(tmp_path) == [path]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_grayscale_maps_its_full_range_to_8_bits(tmp_path, suffix):
+    sixteen = _gradient(np.uint16)
+    path = tmp_path / f"el{suffix}"
+    assert cv2.imwrite(str(path), sixteen)
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.shape == (24, 40, 3)
+    assert (image[:, :, 0] == image[:, :, 2]).all()
+    expected = np.round(sixteen.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(image[:, :, 0], expected)
+
+
+def test_16_bit_mapping_is_the_same_for_every_image():
+    """A dim 16-bit image stays dim: no per-image stretch that would hide a dark area."""
+    dim = np.full((4, 4), 1000, dtype=np.uint16)
+    bright = np.full((4, 4), 60000, dtype=np.uint16)
+    assert to_uint8(dim).max() == 4 and to_uint8(bright).min() == 233
+
+
+def test_other_sample_types_are_refused_by_name():
+    with pytest.raises(DatasetError, match="float32"):
+        to_uint8(np.zeros((4, 4), dtype=np.float32))
+
+
+def test_tiff_mask_reads_as_bool(tmp_path):
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:8, 2:10] = 255
+    assert cv2.imwrite(str(tmp_path / "mask.tif"), mask)
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.tif"), mask > 127)
+
+
+@pytest.mark.parametrize("payload", [b"", b"II*\x00garbage", b"BM\x00\x01", b"\x89PNG\r\n\x1a\nxx"])
+def test_undecodable_files_raise_a_dataset_error_with_the_path(tmp_path, payload):
+    path = tmp_path / "broken.tif"
+    path.write_bytes(payload)
+    with pytest.raises(DatasetError, match=r"broken\.tif"):
+        read_image(path)
