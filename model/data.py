@@ -203,8 +203,24 @@ class InMemorySample:
         return self.image, self.mask
 
 
+def find_mask(mask_dir: Path, stem: str) -> Path | None:
+    """The mask of image ``stem`` in ``mask_dir``: ``<stem>_mask`` (MVTec AD) or ``<stem>``.
+
+    Any image suffix is accepted (``.png`` first); None when there is none.
+    """
+    for name in (f"{stem}_mask", stem):
+        for suffix in IMAGE_SUFFIXES:
+            path = mask_dir / f"{name}{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
 def list_test_samples(root: str | Path) -> list[TestSample]:
-    """Lists ``test/<class>/*`` images, with ``ground_truth/<class>/<stem>_mask.png`` masks.
+    """Lists ``test/<class>/*`` images with their masks from ``ground_truth/<class>/``.
+
+    Masks are named ``<stem>_mask.png`` as in MVTec AD; ``<stem>.png`` and the other image
+    suffixes are accepted too (:func:`find_mask`).
 
     A class without a ``ground_truth/<class>`` folder is labelled per image only (its
     samples have no mask); a class with the folder must have a mask for every image.
@@ -222,9 +238,11 @@ def list_test_samples(root: str | Path) -> list[TestSample]:
         for image_path in list_images(class_dir):
             mask_path = None
             if class_dir.name != "good" and mask_dir.is_dir():
-                mask_path = mask_dir / f"{image_path.stem}_mask.png"
-                if not mask_path.is_file():
-                    raise DatasetError(f"missing mask {mask_path} for {image_path}")
+                mask_path = find_mask(mask_dir, image_path.stem)
+                if mask_path is None:
+                    raise DatasetError(
+                        f"missing mask {mask_dir / image_path.stem}_mask.png for {image_path}"
+                    )
             samples.append(TestSample(image_path, class_dir.name, mask_path))
     if not samples:
         raise DatasetError(f"no test images under {test_dir}")

@@ -4,7 +4,14 @@ import cv2
 import numpy as np
 import pytest
 
-from model.data import IMAGE_SUFFIXES, list_images, read_image, read_mask, to_uint8
+from model.data import (
+    IMAGE_SUFFIXES,
+    list_images,
+    list_test_samples,
+    read_image,
+    read_mask,
+    to_uint8,
+)
 from model.errors import DatasetError
 
 
@@ -69,3 +76,24 @@ def test_undecodable_files_raise_a_dataset_error_with_the_path(tmp_path, payload
     path.write_bytes(payload)
     with pytest.raises(DatasetError, match=r"broken\.tif"):
         read_image(path)
+
+
+def test_masks_are_found_under_mvtec_and_plain_names_in_any_format(tmp_path):
+    image = np.full((16, 16, 3), 128, dtype=np.uint8)
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[2:6, 2:6] = 255
+    (tmp_path / "test" / "good").mkdir(parents=True)
+    (tmp_path / "test" / "crack").mkdir()
+    (tmp_path / "ground_truth" / "crack").mkdir(parents=True)
+    for name in ("g.png", "a.png", "b.jpg"):
+        folder = "good" if name.startswith("g") else "crack"
+        assert cv2.imwrite(str(tmp_path / "test" / folder / name), image)
+    assert cv2.imwrite(str(tmp_path / "ground_truth" / "crack" / "a_mask.bmp"), mask)
+    assert cv2.imwrite(str(tmp_path / "ground_truth" / "crack" / "b.tif"), mask)
+    samples = {sample.name: sample for sample in list_test_samples(tmp_path)}
+    assert samples["crack/a"].mask_path.name == "a_mask.bmp"
+    assert samples["crack/b"].mask_path.name == "b.tif"
+    np.testing.assert_array_equal(samples["crack/b"].load()[1], mask > 127)
+    (tmp_path / "ground_truth" / "crack" / "b.tif").unlink()
+    with pytest.raises(DatasetError, match="missing mask"):
+        list_test_samples(tmp_path)
