@@ -1,7 +1,7 @@
-"""Patch features: local neighbourhood aggregation of two backbone maps, as in SimpleNet.
+"""Patch features: local neighbourhood aggregation of the backbone maps, as in SimpleNet.
 
 For each backbone map, every location's 3x3 neighbourhood is averaged (zero padding
-counted, as the paper's patch-then-adaptive-average-pool does), the coarser map is resized
+counted, as the paper's patch-then-adaptive-average-pool does), the coarser maps are resized
 bilinearly to the finer grid, every layer is projected to a common dimension and the layers
 are aggregated into one ``embed_dim`` patch feature. The projection and aggregation are
 parameter-free adaptive average pools over the channel axis (the paper's ``MeanMapper`` and
@@ -12,7 +12,7 @@ Pooling a layer *up* to a wider common dimension only repeats its channels, whic
 directions of the patch feature in which no real feature ever varies. Isotropic synthetic
 noise is trivially visible there, so the discriminator learns that give-away instead of the
 normal data. ``common_dim=None`` therefore concatenates the layers unpooled (the Lite0
-default: 40 + 112 = 152 dimensions, full rank).
+default: 40 + 112 + 192 = 344 dimensions, full rank).
 """
 
 from __future__ import annotations
@@ -93,6 +93,14 @@ def projection_matrices(
 
 def neighbourhood_mean(feature_map: torch.Tensor) -> torch.Tensor:
     """Averages every location's 3x3 neighbourhood (zeros outside the map are counted).
+
+    The same 3x3 on every layer. On Lite0's stride-32 layer (6 heads, development /
+    synthetic checks) a 5x5 neighbourhood caught more at 1% false alarms on the synthetic
+    defects (0.765 -> 0.795, the same 0.63 on the development split) but lost pixel AUROC on
+    both (0.959 -> 0.949, 0.837 -> 0.818); no neighbourhood there (1x1, 2 heads) sharpened
+    the development heatmaps (pixel AUROC 0.964 -> 0.975, AUPRO 0.72 -> 0.85) but lost the
+    synthetic faint blotches (pixel 0.829 -> 0.817) and most of the image recall (0.57 ->
+    0.39).
 
     The map is pooled in channels-last layout (three times faster on the CPU than the
     backbones' NCHW output, measured on Lite0's maps), which is also the layout the
