@@ -2,9 +2,10 @@
 
 JPEG, PNG, WebP and GIF go through torchvision's decoders; TIFF and BMP, which torchvision
 cannot decode, through OpenCV's (already a dependency of the project). Every image comes out
-as 8-bit RGB: 16-bit images (common for electroluminescence and X-ray cameras) are scaled
-from their full 0..65535 range, the same mapping for every image of a line, so a darker
-image stays darker (a per-image stretch would hide exactly the low-contrast defects).
+as 8-bit RGB: 16-bit images (common for electroluminescence and X-ray cameras) keep their
+high byte, the same mapping for every image of a line (and the one OpenCV's reader gives the
+workers), so a darker image stays darker: a per-image stretch would hide exactly the
+low-contrast defects.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ _TORCHVISION_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF", b"GIF87a",
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Maps an 8- or 16-bit image to uint8 (16-bit: ``round(v * 255 / 65535)``).
+    """Maps an 8- or 16-bit image to uint8 (16-bit: the high byte, ``v >> 8``).
+
+    The high byte is what OpenCV's ``imread(..., IMREAD_COLOR)`` gives, which the camera
+    producer and the trainer job read image folders with: a model fitted here sees the
+    same pixels as the workers.
 
     Raises:
         DatasetError: For any other sample type (e.g. floating-point TIFFs).
@@ -40,8 +45,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
-        scaled = (image.astype(np.uint32) * 255 + 32767) // 65535
-        return scaled.astype(np.uint8)
+        return (image >> 8).astype(np.uint8)
     raise DatasetError(f"unsupported sample type {image.dtype} (8- or 16-bit images only)")
 
 
