@@ -212,7 +212,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate an artifact on labelled test images",
         description="Evaluate on <data>/test/<class>/ (good = normal). Masks in "
-        "<data>/ground_truth/<class>/<stem>_mask.png give pixel metrics; without them "
+        "<data>/ground_truth/<class>/ (<stem>_mask.png, or <stem> in any image format) give "
+        "pixel metrics; without them "
         "only image metrics are reported.",
         formatter_class=_HelpFormatter,
     )
