@@ -4,14 +4,15 @@ Fits on ``<data>/train/good`` (labels are never read), scores the development sp
 synthetic defects of ``bench/quality.py`` once, keeps the raw patch score maps in
 ``--runs/<name>.npz`` and prints, per check, image AUROC, pixel AUROC, AUPRO and recall at
 0.1 / 1 / 5 % false alarms, with image AUROC / recall at 1 % per defect type. The swaps are
-experiment-only patches of the model's internals; the product code has none of them.
+experiment-only patches of the model's internals; the product code has none of them. The
+image scores are SimpleNet's (max of the map) unless ``--global-gaussian`` adds the term.
 
     python bench/variants.py NAME [--heads 2] [--epochs 3] [--seed 0]
         [--neighbourhood 3,3,5]     # neighbourhood mean per layer, fit and scoring
         [--score-neighbourhood 3,3,1]  # scoring only, on NAME's saved model
         [--per-dimension-noise]     # noise std per feature dimension, not isotropic
     python bench/variants.py --combine IMAGE_RUN HEATMAP_RUN  # image score of one, heatmap of other
-    python bench/variants.py --global-gaussian RUN  # + Mahalanobis on globally pooled features
+    python bench/variants.py --global-gaussian RUN  # the global Gaussian term, 3 shrinkages
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from model.defect_synthesis import synthetic_defect_set
 from model.detector import AnomalyDetector, upsample_and_blur
 from model.evaluation import _resize_mask, aupro, auroc, recall_at_false_alarm_rate
 from model.features import PatchFeatureAggregator
+from model.global_gaussian import global_pool, ledoit_wolf, matching_scale
 from model.trainer import FitConfig, fit_detector, split_holdout
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"
@@ -158,47 +160,57 @@ def print_run(runs: Path, image_run: str, heatmap_run: str) -> None:
 
 
 def global_gaussian(runs: Path, name: str, data: Path, sets: dict) -> None:
-    """Adds a Gaussian on globally pooled backbone layers (Rippel et al., ICPR 2020).
+    """The global Gaussian term (``model.global_gaussian``) on a saved run, three shrinkages.
 
-    Mean and covariance (shrunk towards the identity) from the fit's training images, scores
-    normalised on its held-out good images as the detector's (median 0, 99th percentile 0.5),
-    combined with the detector's normalised score by max and by sum.
+    Fitted on the run's training images, scaled on its held-out good images as the fit does
+    (``matching_scale``), added to the SimpleNet image score; the covariance shrunk by
+    Ledoit-Wolf (the product's rule) or by a fixed 0.01 / 0.1 towards the scaled identity.
     """
     detector = load_artifact(runs / f"{name}.safetensors")
 
     @torch.inference_mode()
     def pooled(images: list[np.ndarray]) -> np.ndarray:
-        features = []
-        for start in range(0, len(images), 16):
-            maps = detector.backbone(detector.preprocess(images[start : start + 16]))
-            features.append(torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).numpy())
-        return np.concatenate(features).astype(np.float64)
+        features = [
+            global_pool(detector.backbone(detector.preprocess(images[start : start + 16])))
+            for start in range(0, len(images), 16)
+        ]
+        return torch.cat(features).numpy().astype(np.float64)
 
-    train = pooled(read_images(list_images(data / "train" / "good")))
-    fit_index, holdout_index = split_holdout(len(train), 0.2, 2, 0)
-    mean, covariance = train[fit_index].mean(0), np.cov(train[fit_index], rowvar=False)
+    @torch.inference_mode()
+    def simplenet_scores(images: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(
+            [
+                image_scores(detector.score_maps(detector.preprocess(images[s : s + 16])).numpy())
+                for s in range(0, len(images), 16)
+            ]
+        )
+
+    train_images = read_images(list_images(data / "train" / "good"))
+    fit_index, holdout_index = split_holdout(len(train_images), 0.2, 2, 0)
+    train = pooled(train_images)
+    held_out = simplenet_scores([train_images[i] for i in holdout_index])
+    mean, _, lw_shrinkage = ledoit_wolf(train[fit_index])
+    empirical = np.cov(train[fit_index], rowvar=False, bias=True)
+    identity = np.trace(empirical) / len(empirical) * np.eye(len(empirical))
     saved = np.load(runs / f"{name}.npz")
     checks = {key: pooled(images) for key, (images, _, _) in sets.items()}
-    for shrink in (0.01, 0.1, 0.5):
-        identity = np.trace(covariance) / len(covariance) * np.eye(len(covariance))
-        precision = np.linalg.inv((1 - shrink) * covariance + shrink * identity)
+    for label, shrink in ((f"ledoit-wolf {lw_shrinkage:.3f}", lw_shrinkage), ("0.01", 0.01),
+                          ("0.1", 0.1)):
+        precision = np.linalg.inv((1 - shrink) * empirical + shrink * identity)
 
         def distance(x: np.ndarray, precision: np.ndarray = precision) -> np.ndarray:
             centred = x - mean
             return np.sqrt(np.einsum("ij,jk,ik->i", centred, precision, centred))
 
-        held_out = distance(train[holdout_index])
-        center, high = np.median(held_out), np.quantile(held_out, 0.99)
+        center, weight = matching_scale(held_out, distance(train[holdout_index]))
         for key in ("dev", "syn"):
             maps, masks, kinds = (saved[f"{key}_{part}"] for part in ("maps", "masks", "kinds"))
-            simplenet = detector.metadata.calibration.normalize(image_scores(maps))
-            gaussian = 0.5 * (distance(checks[key]) - center) / (high - center)
-            for how, scores in (
-                ("gaussian alone", gaussian),
-                ("max", np.maximum(simplenet, gaussian)),
-                ("sum", simplenet + gaussian),
-            ):
-                report(f"{name} {key} shrink {shrink} {how}", scores, maps, masks, kinds)
+            simplenet = image_scores(maps)
+            if shrink == lw_shrinkage:
+                report(f"{name} {key} simplenet alone", simplenet, maps, masks, kinds)
+                report(f"{name} {key} gaussian alone", distance(checks[key]), maps, masks, kinds)
+            summed = simplenet + weight * (distance(checks[key]) - center)
+            report(f"{name} {key} sum, shrinkage {label}", summed, maps, masks, kinds)
 
 
 def main() -> None:

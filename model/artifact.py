@@ -1,7 +1,8 @@
 """Detector artifacts: one safetensors file with the trained head and verified metadata.
 
 Only the trained parts (feature adaptor and discriminator, with the BatchNorm running
-statistics) are stored; the frozen backbone is rebuilt from its own weights. The header
+statistics, and the image-level Gaussian's mean and whitening under ``global_gaussian.``) are
+stored; the frozen backbone is rebuilt from its own weights. The header
 carries the metadata as JSON and a SHA-256 over the metadata and every tensor (name, dtype,
 shape, bytes). Loading never unpickles anything and refuses a file whose checksum, format,
 shapes or backbone do not match.
@@ -21,10 +22,12 @@ from safetensors.torch import save_file
 from model.backbones import BACKBONES, FeatureBackbone, backbone_spec, build_backbone
 from model.detector import AnomalyDetector
 from model.errors import ArtifactError
+from model.global_gaussian import GlobalGaussian
 from model.metadata import ARTIFACT_FORMAT_VERSION, READABLE_FORMAT_VERSIONS, DetectorMetadata
 from model.network import HeadEnsemble
 
 FORMAT_NAME = "linewatch-simplenet"
+GAUSSIAN_PREFIX = "global_gaussian."
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
 
 
@@ -55,6 +58,9 @@ def save_artifact(detector: AnomalyDetector, path: str | Path) -> Path:
         name: tensor.detach().cpu().contiguous()
         for name, tensor in detector.head.state_dict().items()
     }
+    if detector.global_gaussian is not None:
+        for name, tensor in detector.global_gaussian.state_dict().items():
+            tensors[GAUSSIAN_PREFIX + name] = tensor.detach().cpu().contiguous()
     metadata_json = detector.metadata.to_json()
     header = {
         "format": FORMAT_NAME,
@@ -167,7 +173,11 @@ def load_artifact(
     head = HeadEnsemble.empty(
         metadata.heads, metadata.embed_dim, metadata.hidden_dim, -metadata.margin
     )
-    expected = head.state_dict()
+    expected = dict(head.state_dict())
+    term = metadata.global_gaussian
+    if term is not None:
+        expected[GAUSSIAN_PREFIX + "mean"] = torch.empty(term.dims)
+        expected[GAUSSIAN_PREFIX + "whitening"] = torch.empty(term.dims, term.dims)
     problems = [
         f"{name}: {tuple(tensors[name].shape) if name in tensors else 'missing'} "
         f"!= {tuple(tensor.shape)}"
@@ -177,7 +187,22 @@ def load_artifact(
     problems += [f"unexpected tensor {name}" for name in tensors if name not in expected]
     if problems:
         raise ArtifactError(f"{path} does not match its metadata: {'; '.join(problems[:4])}")
-    head.load_state_dict(tensors, strict=True)
+    head.load_state_dict(
+        {name: t for name, t in tensors.items() if not name.startswith(GAUSSIAN_PREFIX)},
+        strict=True,
+    )
+    gaussian = None
+    if term is not None:
+        mean = tensors[GAUSSIAN_PREFIX + "mean"]
+        whitening = tensors[GAUSSIAN_PREFIX + "whitening"]
+        if not (torch.isfinite(mean).all() and torch.isfinite(whitening).all()):
+            raise ArtifactError(f"{path} has a global Gaussian with non-finite values")
+        channels = sum(backbone_spec(metadata.backbone, metadata.layers).channels)
+        if term.dims != channels:
+            raise ArtifactError(
+                f"{path}'s global Gaussian has {term.dims} dimensions, its layers {channels}"
+            )
+        gaussian = GlobalGaussian(mean, whitening, center=term.center, weight=term.weight)
     if backbone is None:
         backbone = build_backbone(
             metadata.backbone, layers=metadata.layers, weights_path=backbone_weights
@@ -187,4 +212,6 @@ def load_artifact(
             f"{path} needs backbone {metadata.backbone} {metadata.layers}, got "
             f"{backbone.spec.name} {backbone.spec.layers}"
         )
-    return AnomalyDetector(backbone=backbone, head=head, metadata=metadata).to(device)
+    return AnomalyDetector(
+        backbone=backbone, head=head, metadata=metadata, global_gaussian=gaussian
+    ).to(device)

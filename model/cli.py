@@ -159,6 +159,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         help="share of synthetic anomalies made in image space (GLASS); 0 turns them off",
     )
     parser.add_argument(
+        "--global-gaussian",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.global_gaussian,
+        help="add an image-level Gaussian on globally pooled backbone features to the image "
+        "score (Rippel et al. 2020)",
+    )
+    parser.add_argument(
         "--holdout-fraction",
         type=float,
         default=defaults.holdout_fraction,
@@ -187,6 +194,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         noise_sigma=args.noise_sigma,
         noise_ratio=args.noise_ratio,
         local_anomaly_share=args.local_anomaly_share,
+        global_gaussian=args.global_gaussian,
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
         device=args.device,

@@ -13,6 +13,7 @@ from torch import nn
 from model.backbones import BACKBONE_SPECS, FeatureBackbone
 from model.features import PatchFeatureAggregator
 from model.folding import FoldedScorer, fold_head
+from model.global_gaussian import GlobalGaussian
 from model.metadata import DetectorMetadata
 from model.network import HeadEnsemble
 
@@ -24,7 +25,8 @@ class Prediction:
     """Result of :meth:`AnomalyDetector.predict` for a batch of ``B`` images.
 
     Attributes:
-        scores: ``[B]`` raw image scores (max of the patch score map).
+        scores: ``[B]`` raw image scores (max of the patch score map, plus the image-level
+            Gaussian term when the model has one).
         normalized_scores: ``[B]`` calibrated scores; 0.5 is the decision threshold.
         labels: ``[B]`` True where the image is anomalous (normalised score >= 0.5).
         heatmaps: ``[B, S, S]`` blurred score maps on the normalised scale, ``S`` the
@@ -163,10 +165,17 @@ class AnomalyDetector(nn.Module):
         backbone: Frozen backbone matching ``metadata.backbone``.
         head: Trained heads (kept for saving; inference uses the fold).
         metadata: Model description, including calibration.
+        global_gaussian: The image-level Gaussian term, present exactly when
+            ``metadata.global_gaussian`` is (same center, weight and dimensions).
     """
 
     def __init__(
-        self, *, backbone: FeatureBackbone, head: HeadEnsemble, metadata: DetectorMetadata
+        self,
+        *,
+        backbone: FeatureBackbone,
+        head: HeadEnsemble,
+        metadata: DetectorMetadata,
+        global_gaussian: GlobalGaussian | None = None,
     ) -> None:
         super().__init__()
         if (backbone.spec.name, backbone.spec.layers) != (metadata.backbone, metadata.layers):
@@ -179,7 +188,19 @@ class AnomalyDetector(nn.Module):
                 f"{len(head.members)} heads floored at {head.score_floor} != metadata "
                 f"{metadata.heads} heads with margin {metadata.margin}"
             )
+        term = metadata.global_gaussian
+        if (term is None) != (global_gaussian is None) or (
+            term is not None
+            and global_gaussian is not None
+            and (
+                (term.center, term.weight) != (global_gaussian.center, global_gaussian.weight)
+                or term.dims != sum(backbone.spec.channels)
+                or term.dims != global_gaussian.mean.shape[0]
+            )
+        ):
+            raise ValueError("the global Gaussian term does not match the metadata's")
         self.backbone = backbone
+        self.global_gaussian = global_gaussian
         self.aggregator = PatchFeatureAggregator(
             backbone.spec, common_dim=metadata.common_dim, embed_dim=metadata.embed_dim
         )
@@ -200,14 +221,37 @@ class AnomalyDetector(nn.Module):
         batch = images_to_tensor(images, self.metadata.image_size, spec.mean, spec.std)
         return batch.to(self.device, non_blocking=True)
 
-    def score_maps(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw patch score maps ``[B, h, w]`` for a normalised batch ``[B, 3, S, S]``."""
+    def backbone_and_score_maps(
+        self, batch: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Backbone maps and float32 patch score maps ``[B, h, w]`` of a normalised batch.
+
+        On CUDA both run under autocast (bfloat16, or float16 without bfloat16 support).
+        """
         if batch.device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             with torch.autocast("cuda", dtype=dtype):
-                maps = self.scorer(self.backbone(batch))
-            return maps.float()
-        return self.scorer(self.backbone(batch))
+                layer_maps = self.backbone(batch)
+                maps = self.scorer(layer_maps)
+            return layer_maps, maps.float()
+        layer_maps = self.backbone(batch)
+        return layer_maps, self.scorer(layer_maps)
+
+    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw patch score maps ``[B, h, w]`` and image scores ``[B]`` of a normalised batch.
+
+        The image score is the map's max plus, when the model has one, the global Gaussian
+        term (computed in float32).
+        """
+        layer_maps, maps = self.backbone_and_score_maps(batch)
+        scores = maps.flatten(1).amax(dim=1)
+        if self.global_gaussian is not None:
+            scores = scores + self.global_gaussian(layer_maps)
+        return maps, scores
+
+    def score_maps(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw patch score maps ``[B, h, w]`` for a normalised batch ``[B, 3, S, S]``."""
+        return self.score(batch)[0]
 
     def heatmaps(self, maps: torch.Tensor) -> torch.Tensor:
         """Raw heatmaps ``[B, S, S]``: score maps ``[B, h, w]`` upsampled and blurred.
@@ -243,8 +287,8 @@ class AnomalyDetector(nn.Module):
         scores, heatmaps = [], []
         for start in range(0, len(images), chunk_size):
             batch = self.preprocess(images[start : start + chunk_size])
-            maps = self.score_maps(batch)
-            scores.append(maps.flatten(1).amax(dim=1))
+            maps, image_scores = self.score(batch)
+            scores.append(image_scores)
             heatmaps.append(calibration.normalize(self.heatmaps(maps)))
         raw = torch.cat(scores).float().cpu().numpy()
         normalized = np.asarray(calibration.normalize(raw), dtype=np.float32)

@@ -1,7 +1,8 @@
 """Export of a fitted detector as one graph for an inference runtime (ONNX, OpenVINO IR).
 
 The graph takes a normalised batch ``images`` ``[B, 3, S, S]`` (dynamic ``B``) and returns
-``scores`` ``[B]`` (raw image scores, the max of each patch score map) and ``heatmaps``
+``scores`` ``[B]`` (raw image scores: the max of each patch score map, plus the global
+Gaussian term when the model has one) and ``heatmaps``
 ``[B, S, S]`` (raw heatmaps: score maps upsampled and blurred); calibration stays outside
 the graph, in the metadata written beside it, as do the input's mean and std.
 
@@ -54,6 +55,8 @@ class ExportError(ModelError):
 class DetectorGraph(nn.Module):
     """The whole detector as one feed-forward graph: trunk, folded head, max, heatmap.
 
+    With a global Gaussian term the image score adds it, from the same backbone maps.
+
     Args:
         detector: Fitted detector (its folded scorer is copied into a
             :class:`GraphScorer`).
@@ -63,6 +66,7 @@ class DetectorGraph(nn.Module):
         super().__init__()
         self.backbone = detector.backbone
         self.scorer = GraphScorer(detector.scorer)
+        self.global_gaussian = detector.global_gaussian
         size = detector.metadata.image_size
         with torch.no_grad():
             maps = self.scorer(self.backbone(torch.zeros(1, 3, size, size)))
@@ -73,8 +77,11 @@ class DetectorGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw image scores ``[B]`` and raw heatmaps ``[B, S, S]`` of a normalised batch."""
-        maps = self.scorer(self.backbone(images))
+        layer_maps = self.backbone(images)
+        maps = self.scorer(layer_maps)
         scores = torch.amax(maps.flatten(1), dim=1)
+        if self.global_gaussian is not None:
+            scores = scores + self.global_gaussian(layer_maps)
         heatmaps = torch.matmul(torch.matmul(self.operator_h, maps), self.operator_w_t)
         return scores, heatmaps
 

@@ -11,8 +11,10 @@ from model.errors import ArtifactError
 # 2: heads are an ensemble (members.<k>.* tensors), metadata gains heads and margin.
 # 3: calibration for a target false-alarm rate (format 2's quantile q reads as rate 1 - q);
 #    the backbone layers are a choice of the fit, not fixed per backbone.
-ARTIFACT_FORMAT_VERSION = 3
-READABLE_FORMAT_VERSIONS = (2, 3)
+# 4: an optional image-level Gaussian term (global_gaussian.* tensors, metadata
+#    global_gaussian); formats 2 and 3 read as having none.
+ARTIFACT_FORMAT_VERSION = 4
+READABLE_FORMAT_VERSIONS = (2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,33 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class GlobalGaussianTerm:
+    """How the image-level Gaussian (``model.global_gaussian``) adds to the image score.
+
+    Attributes:
+        center: Median Mahalanobis distance of the held-out good images.
+        weight: Scale putting the distance on the SimpleNet score's held-out spread.
+        shrinkage: Ledoit-Wolf shrinkage of the covariance (for the record).
+        dims: Pooled feature dimensions.
+    """
+
+    center: float
+    weight: float
+    shrinkage: float
+    dims: int
+
+    def __post_init__(self) -> None:
+        for name in ("center", "weight", "shrinkage"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
+                raise ValueError(f"global_gaussian.{name} must be a finite number, got {value!r}")
+        if self.weight <= 0.0 or not 0.0 <= self.shrinkage <= 1.0:
+            raise ValueError("global_gaussian needs weight > 0 and shrinkage in [0, 1]")
+        if not isinstance(self.dims, int) or self.dims < 1:
+            raise ValueError(f"global_gaussian.dims must be a positive integer, got {self.dims!r}")
+
+
+@dataclass(frozen=True)
 class DetectorMetadata:
     """Everything needed to rebuild, identify and audit a fitted detector.
 
@@ -82,7 +111,8 @@ class DetectorMetadata:
         noise_sigma: Standard deviation of the synthetic anomaly noise used in training.
         feature_scale: Mean per-dimension std of the training patch features (measured).
         epochs: Training epochs (fixed in advance; no label-based selection).
-        calibration: Score normalisation and threshold.
+        calibration: Score normalisation and threshold (of the image score, the Gaussian
+            term included).
         calibration_scores: Normalised image scores of the held-out good images.
         train_image_count: Images used to fit.
         holdout_image_count: Good images held out for calibration.
@@ -90,6 +120,8 @@ class DetectorMetadata:
         created_at: ISO-8601 UTC creation time.
         code_version: linewatch version that fitted the model.
         format_version: Artifact format version.
+        extra: Free-form strings from the fit's caller.
+        global_gaussian: The image-level Gaussian term added to the image score, or None.
     """
 
     version: str
@@ -114,6 +146,7 @@ class DetectorMetadata:
     code_version: str
     format_version: int = ARTIFACT_FORMAT_VERSION
     extra: dict[str, str] = field(default_factory=dict)
+    global_gaussian: GlobalGaussianTerm | None = None
 
     def to_json(self) -> str:
         """Serialises to a JSON string (stable key order)."""
@@ -132,11 +165,13 @@ class DetectorMetadata:
                 raise TypeError("metadata is not an object")
             known = {item.name for item in fields(cls)}
             unknown = set(raw) - known
-            missing = known - set(raw) - {"extra", "format_version"}
+            missing = known - set(raw) - {"extra", "format_version", "global_gaussian"}
             if unknown or missing:
                 raise ValueError(f"unknown fields {sorted(unknown)}, missing {sorted(missing)}")
             raw["layers"] = tuple(str(layer) for layer in raw["layers"])
             raw["calibration"] = Calibration.from_dict(raw["calibration"])
+            if raw.get("global_gaussian") is not None:
+                raw["global_gaussian"] = GlobalGaussianTerm(**raw["global_gaussian"])
             raw["calibration_scores"] = tuple(float(v) for v in raw["calibration_scores"])
             for name in ("image_size", "common_dim", "embed_dim", "hidden_dim", "heads", "epochs"):
                 if name == "common_dim" and raw[name] is None:

@@ -45,6 +45,9 @@ class FitSettings(BaseModel):
     local_anomaly_share: float = Field(
         default=0.0, ge=0, lt=1,
         description="Share of synthetic anomalies made in image space; 0 turns them off.")
+    global_gaussian: bool = Field(
+        default=True,
+        description="Add an image-level Gaussian on pooled backbone features to the score.")
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 

@@ -4,7 +4,8 @@ import torch
 
 from model.backbones import build_backbone
 from model.detector import AnomalyDetector
-from model.metadata import Calibration, DetectorMetadata
+from model.global_gaussian import GlobalGaussian
+from model.metadata import Calibration, DetectorMetadata, GlobalGaussianTerm
 from model.network import HeadEnsemble, SimpleNetHead
 
 
@@ -61,6 +62,26 @@ def randomized_head(
             norm.bias.uniform_(-0.2, 0.2)
         members.append(head)
     return HeadEnsemble(members, score_floor=-0.5).eval()
+
+
+def random_gaussian(dims: int = 344, seed: int = 0) -> tuple[GlobalGaussian, GlobalGaussianTerm]:
+    """A global Gaussian term with a random mean and whitening, and its metadata."""
+    generator = torch.Generator().manual_seed(seed)
+    mean = torch.randn(dims, generator=generator) * 0.1
+    whitening = torch.tril(torch.randn(dims, dims, generator=generator)) * 0.05
+    term = GlobalGaussianTerm(center=3.0, weight=0.05, shrinkage=0.2, dims=dims)
+    return GlobalGaussian(mean, whitening, center=term.center, weight=term.weight), term
+
+
+def gaussian_detector(backbone, image_size: int = 64, seed: int = 0) -> AnomalyDetector:
+    """A random detector whose image score includes a random global Gaussian term."""
+    gaussian, term = random_gaussian(seed=seed)
+    return AnomalyDetector(
+        backbone=backbone,
+        head=randomized_head(seed=seed),
+        metadata=make_metadata(image_size=image_size, global_gaussian=term),
+        global_gaussian=gaussian,
+    )
 
 
 @pytest.fixture()

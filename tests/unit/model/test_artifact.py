@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import numpy as np
@@ -6,6 +7,7 @@ import torch
 
 from model.artifact import load_artifact, read_metadata, save_artifact
 from model.errors import ArtifactError
+from tests.unit.model.conftest import gaussian_detector
 
 
 def test_round_trip_keeps_scores_and_metadata(random_detector, images, lite0, tmp_path):
@@ -76,3 +78,77 @@ def test_tampered_metadata_is_refused(random_detector, lite0, tmp_path):
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(ArtifactError, match="does not exist"):
         load_artifact(tmp_path / "nope.safetensors")
+
+
+def _rewrite(path, tensors, metadata_json, format_version="4"):
+    """Writes an artifact by hand (a correct checksum over what is given)."""
+    from safetensors.torch import save_file
+
+    from model.artifact import FORMAT_NAME, _digest
+
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": format_version,
+        "metadata": metadata_json,
+        "sha256": _digest(metadata_json, tensors),
+    }
+    save_file(tensors, str(path), metadata=header)
+
+
+def _contents(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        return tensors, handle.metadata()["metadata"]
+
+
+def test_global_gaussian_round_trip_keeps_the_image_scores(lite0, images, tmp_path):
+    detector = gaussian_detector(lite0)
+    path = save_artifact(detector, tmp_path / "model.safetensors")
+    loaded = load_artifact(path, backbone=lite0)
+    assert loaded.metadata.global_gaussian == detector.metadata.global_gaussian
+    assert loaded.global_gaussian is not None
+    expected = detector.predict(images).scores
+    np.testing.assert_allclose(loaded.predict(images).scores, expected, rtol=1e-6)
+    with torch.no_grad():
+        maps = detector.score_maps(detector.preprocess(images))
+    assert not np.allclose(expected, maps.flatten(1).amax(1).numpy())  # the term counts
+
+
+def test_a_format_3_artifact_loads_without_a_gaussian_term(random_detector, lite0, tmp_path):
+    path = _saved(random_detector, tmp_path)
+    tensors, metadata_json = _contents(path)
+    raw = json.loads(metadata_json)
+    del raw["global_gaussian"]
+    raw["format_version"] = 3
+    _rewrite(path, tensors, json.dumps(raw, sort_keys=True), format_version="3")
+    loaded = load_artifact(path, backbone=lite0)
+    assert loaded.global_gaussian is None and loaded.metadata.global_gaussian is None
+
+
+def test_a_gaussian_term_without_its_tensors_is_refused(lite0, tmp_path):
+    path = save_artifact(gaussian_detector(lite0), tmp_path / "model.safetensors")
+    tensors, metadata_json = _contents(path)
+    del tensors["global_gaussian.whitening"]
+    _rewrite(path, tensors, metadata_json)
+    with pytest.raises(ArtifactError, match=r"global_gaussian\.whitening: missing"):
+        load_artifact(path, backbone=lite0)
+
+
+def test_a_non_finite_gaussian_is_refused(lite0, tmp_path):
+    path = save_artifact(gaussian_detector(lite0), tmp_path / "model.safetensors")
+    tensors, metadata_json = _contents(path)
+    tensors["global_gaussian.mean"][5] = float("nan")
+    _rewrite(path, tensors, metadata_json)
+    with pytest.raises(ArtifactError, match="non-finite"):
+        load_artifact(path, backbone=lite0)
+
+
+def test_gaussian_tensors_without_the_metadata_term_are_refused(lite0, random_detector, tmp_path):
+    path = _saved(random_detector, tmp_path)
+    tensors, metadata_json = _contents(path)
+    tensors["global_gaussian.mean"] = torch.zeros(344)
+    _rewrite(path, tensors, metadata_json)
+    with pytest.raises(ArtifactError, match=r"unexpected tensor global_gaussian\.mean"):
+        load_artifact(path, backbone=lite0)

@@ -14,7 +14,6 @@ import torch
 from model.artifact import save_artifact
 from model.cli import main as cli_main
 from model.data import read_image
-from model.detector import AnomalyDetector
 from model.errors import ArtifactError
 from model.export import (
     METADATA_NAME,
@@ -25,7 +24,7 @@ from model.export import (
     read_export,
 )
 from model.folding import GraphScorer
-from tests.unit.model.conftest import make_metadata, randomized_head
+from tests.unit.model.conftest import gaussian_detector
 
 MTD = Path(__file__).resolve().parents[4] / "shared" / "data" / "mtd"
 TOLERANCE = 1e-4  # relative to the largest magnitude of the eager output
@@ -45,11 +44,9 @@ def real_images(count: int = 6) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def exported(lite0, tmp_path_factory):
-    """One 96 px detector, its artifact and both exports (exporting takes seconds)."""
+    """One 96 px detector with a global Gaussian term, its artifact and both exports."""
     folder = tmp_path_factory.mktemp("export")
-    detector = AnomalyDetector(
-        backbone=lite0, head=randomized_head(seed=3), metadata=make_metadata(image_size=96)
-    )
+    detector = gaussian_detector(lite0, image_size=96, seed=3)
     artifact = save_artifact(detector, folder / "model.safetensors")
     exports = {name: folder / name for name in ("onnx", "openvino")}
     for name, out in exports.items():
@@ -77,6 +74,17 @@ def test_detector_graph_equals_score_maps_max_and_heatmaps(random_detector):
     assert relative_error(scores.numpy(), maps.flatten(1).amax(1).numpy()) < TOLERANCE
     assert heatmaps.shape == (2, 64, 64)
     assert relative_error(heatmaps.numpy(), expected_heatmaps.numpy()) < TOLERANCE
+
+
+def test_detector_graph_adds_the_global_gaussian_term(lite0):
+    detector = gaussian_detector(lite0, seed=1)
+    batch = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps, expected = detector.score(batch)
+        term = detector.global_gaussian(detector.backbone(batch))
+        scores, _ = DetectorGraph(detector)(batch)
+    assert relative_error(expected.numpy(), (maps.flatten(1).amax(1) + term).numpy()) < 1e-6
+    assert relative_error(scores.numpy(), expected.numpy()) < TOLERANCE
 
 
 def test_export_writes_checksummed_metadata(exported):
@@ -117,8 +125,9 @@ def test_exported_graph_round_trip_matches_eager_on_real_images(exported, name):
     images = real_images()
     with torch.no_grad():
         batch = detector.preprocess(images)
-        maps = detector.score_maps(batch)
-        expected_scores = maps.flatten(1).amax(1).numpy()
+        maps, expected_scores = detector.score(batch)
+        expected_scores = expected_scores.numpy()
+        assert (expected_scores != maps.flatten(1).amax(1).numpy()).all()  # the term is in
         expected_heatmaps = detector.heatmaps(maps).numpy()
     run = _run_onnx if name == "onnx" else _run_openvino
     scores, heatmaps = run(exports[name], batch.numpy())
