@@ -1,12 +1,15 @@
 """Images/s of the full detector per inference runtime and batch size, side by side.
 
 One run on the CPU, 256 px, the project's EfficientNet-Lite0 detector (ImageNet trunk,
-random head weights: speed does not depend on them) saved as an artifact and loaded the way
-the worker loads it: eager PyTorch (``torch``), ONNX Runtime and OpenVINO (exported on
-load). "Full" is what a worker's model call does with a batch of decoded 256 px frames:
-normalise, backbone, folded head, image score (max), upsampled and blurred heatmap,
-calibration. Each repeat times one batch of every runtime back to back, so drift in the
-machine's load hits all alike; the median of the repeats is reported.
+random head weights, a random memory bank of the default size and a random global Gaussian:
+speed does not depend on the values) saved as an artifact and loaded the way the worker loads
+it: eager PyTorch (``torch``), ONNX Runtime and OpenVINO (exported on load). "Full" is what
+a worker's model call does with a batch of decoded 256 px frames: normalise, backbone,
+folded head, memory bank distances, image score (max + Gaussian term), upsampled and blurred
+heatmap, calibration. Rows ending in ``-bare`` are the same detector without the memory bank
+and the Gaussian term (SimpleNet alone), for their cost. Each repeat times one batch of
+every runtime back to back, so drift in the machine's load hits all alike; the median of
+the repeats is reported.
 
     python bench/speed.py [--repeats 12] [--threads 2] [--batches 1 2 4 8] [--no-bf16]
 
@@ -24,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +43,15 @@ from model.artifact import save_artifact  # noqa: E402
 from model.backbones import build_backbone  # noqa: E402
 from model.detector import AnomalyDetector  # noqa: E402
 from model.features import DEFAULT_COMMON_DIM, default_embed_dim  # noqa: E402
-from model.metadata import Calibration, DetectorMetadata  # noqa: E402
+from model.global_gaussian import GlobalGaussian  # noqa: E402
+from model.metadata import (  # noqa: E402
+    Calibration,
+    DetectorMetadata,
+    GlobalGaussianTerm,
+    PatchMemoryTerm,
+)
 from model.network import HeadEnsemble  # noqa: E402
+from model.patch_memory import PatchMemory  # noqa: E402
 from model.trainer import FitConfig  # noqa: E402
 from pipeline.runtimes import RUNTIMES, load_model  # noqa: E402
 
@@ -49,8 +60,11 @@ BACKBONE = "efficientnet_lite0"
 FIT_DEFAULTS = FitConfig()  # the default ensemble size, width and margin
 
 
-def lite0_detector(size: int = SIZE) -> AnomalyDetector:
-    """The default Lite0 detector (ImageNet trunk, random heads) at ``size`` px."""
+def lite0_detector(size: int = SIZE, extras: bool = True) -> AnomalyDetector:
+    """The default Lite0 detector (ImageNet trunk, random heads) at ``size`` px.
+
+    ``extras``: with a random memory bank of the default size and a random global Gaussian.
+    """
     torch.manual_seed(0)
     backbone = build_backbone(BACKBONE)
     common = DEFAULT_COMMON_DIM[BACKBONE]
@@ -65,7 +79,18 @@ def lite0_detector(size: int = SIZE) -> AnomalyDetector:
         code_version="bench")
     head = HeadEnsemble.empty(FIT_DEFAULTS.heads, embed, FIT_DEFAULTS.hidden_dim,
                               -FIT_DEFAULTS.margin).eval()
-    return AnomalyDetector(backbone=backbone, head=head, metadata=metadata)
+    if not extras:
+        return AnomalyDetector(backbone=backbone, head=head, metadata=metadata)
+    dims, size_bank = sum(backbone.spec.channels), FIT_DEFAULTS.memory_bank_size
+    gaussian = GlobalGaussian(torch.randn(dims), torch.tril(torch.randn(dims, dims)) * 0.05,
+                              center=1.0, weight=0.1)
+    memory = PatchMemory(torch.randn(size_bank, embed), center=1.0, weight=0.1)
+    metadata = replace(
+        metadata,
+        global_gaussian=GlobalGaussianTerm(center=1.0, weight=0.1, shrinkage=0.1, dims=dims),
+        patch_memory=PatchMemoryTerm(center=1.0, weight=0.1, size=size_bank, dims=embed))
+    return AnomalyDetector(backbone=backbone, head=head, metadata=metadata,
+                           global_gaussian=gaussian, patch_memory=memory)
 
 
 def main() -> None:
@@ -81,6 +106,11 @@ def main() -> None:
     artifact = save_artifact(lite0_detector(), work / "bench.safetensors")
     detectors = {name: load_model(artifact, name, "cpu", cache_dir=work / "cache",
                                   threads=args.threads) for name in args.runtimes}
+    bare = save_artifact(lite0_detector(extras=False), work / "bare.safetensors")
+    for name in ("torch", "openvino"):
+        if name in args.runtimes:
+            detectors[f"{name}-bare"] = load_model(bare, name, "cpu", cache_dir=work / "cache",
+                                                   threads=args.threads)
     if "openvino" in args.runtimes and not args.no_bf16:
         detectors["openvino-bf16"] = load_model(artifact, "openvino", "cpu",
                                                 cache_dir=work / "cache", threads=args.threads,
@@ -110,6 +140,12 @@ def main() -> None:
     print(header)
     for name in detectors:
         print(f"{name:<14}" + "".join(f"{rates[name, b]:>10.1f}" for b in args.batches))
+    for name in ("torch", "openvino"):
+        if f"{name}-bare" in detectors:
+            ratio = max(rates[name, b] for b in args.batches) / max(
+                rates[f"{name}-bare", b] for b in args.batches)
+            print(f"{name}: with memory bank and Gaussian term / SimpleNet alone, best batch "
+                  f"each: {ratio:.2f}")
     exact = {key: value for key, value in rates.items() if key[0] in RUNTIMES}
     best_name, best_batch = max(exact, key=exact.__getitem__)
     if "torch" in detectors:

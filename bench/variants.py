@@ -4,10 +4,12 @@ Fits on ``<data>/train/good`` (labels are never read), scores the development sp
 synthetic defects of ``bench/quality.py`` once, keeps the raw patch score maps in
 ``--runs/<name>.npz`` and prints, per check, image AUROC, pixel AUROC, AUPRO and recall at
 0.1 / 1 / 5 % false alarms, with image AUROC / recall at 1 % per defect type. The swaps are
-experiment-only patches of the model's internals; the product code has none of them. The
-image scores are SimpleNet's (max of the map) unless ``--global-gaussian`` adds the term.
+experiment-only patches of the model's internals; the product code has none of them. Fits
+are SimpleNet alone unless ``--memory-bank-size N`` adds the patch memory (its distance map
+is then part of the saved maps); image scores are the max of the map, plus the global
+Gaussian term with ``--global-gaussian RUN``.
 
-    python bench/variants.py NAME [--heads 2] [--epochs 3] [--seed 0]
+    python bench/variants.py NAME [--heads 2] [--epochs 3] [--seed 0] [--memory-bank-size 0]
         [--neighbourhood 3,3,5]     # neighbourhood mean per layer, fit and scoring
         [--score-neighbourhood 3,3,1]  # scoring only, on NAME's saved model
         [--per-dimension-noise]     # noise std per feature dimension, not isotropic
@@ -28,12 +30,13 @@ import torch.nn.functional as F  # noqa: N812
 
 import model.trainer as trainer_module
 from model.artifact import load_artifact, save_artifact
+from model.calibration import matching_scale
 from model.data import list_images, list_test_samples, read_images
 from model.defect_synthesis import synthetic_defect_set
 from model.detector import AnomalyDetector, upsample_and_blur
 from model.evaluation import _resize_mask, aupro, auroc, recall_at_false_alarm_rate
 from model.features import PatchFeatureAggregator
-from model.global_gaussian import global_pool, ledoit_wolf, matching_scale
+from model.global_gaussian import global_pool, ledoit_wolf
 from model.trainer import FitConfig, fit_detector, split_holdout
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"
@@ -221,6 +224,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-bank-size", type=int, default=0, help="0: SimpleNet alone")
     parser.add_argument("--neighbourhood", default=None, help="per layer, e.g. 3,3,5")
     parser.add_argument("--score-neighbourhood", default=None, help="scoring only, e.g. 3,3,1")
     parser.add_argument("--per-dimension-noise", action="store_true")
@@ -246,7 +250,13 @@ def main() -> None:
     if model_path.exists():
         detector = load_artifact(model_path)
     else:
-        config = FitConfig(heads=args.heads, epochs=args.epochs, seed=args.seed)
+        config = FitConfig(
+            heads=args.heads,
+            epochs=args.epochs,
+            seed=args.seed,
+            global_gaussian=False,
+            memory_bank_size=args.memory_bank_size,
+        )
         images = read_images(list_images(args.data / "train" / "good"))
         detector = fit_detector(images, config=config, product_line=args.data.name)
         save_artifact(detector, model_path)

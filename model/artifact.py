@@ -1,11 +1,11 @@
 """Detector artifacts: one safetensors file with the trained head and verified metadata.
 
-Only the trained parts (feature adaptor and discriminator, with the BatchNorm running
-statistics, and the image-level Gaussian's mean and whitening under ``global_gaussian.``) are
-stored; the frozen backbone is rebuilt from its own weights. The header
-carries the metadata as JSON and a SHA-256 over the metadata and every tensor (name, dtype,
-shape, bytes). Loading never unpickles anything and refuses a file whose checksum, format,
-shapes or backbone do not match.
+Only the fitted parts (feature adaptor and discriminator, with the BatchNorm running
+statistics, the image-level Gaussian's mean and whitening under ``global_gaussian.`` and the
+patch memory bank under ``patch_memory.``) are stored; the frozen backbone is rebuilt from
+its own weights. The header carries the metadata as JSON and a SHA-256 over the metadata and
+every tensor (name, dtype, shape, bytes). Loading never unpickles anything and refuses a file
+whose checksum, format, shapes or backbone do not match.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from model.errors import ArtifactError
 from model.global_gaussian import GlobalGaussian
 from model.metadata import ARTIFACT_FORMAT_VERSION, READABLE_FORMAT_VERSIONS, DetectorMetadata
 from model.network import HeadEnsemble
+from model.patch_memory import PatchMemory
 
 FORMAT_NAME = "linewatch-simplenet"
 GAUSSIAN_PREFIX = "global_gaussian."
+MEMORY_PREFIX = "patch_memory."
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
 
 
@@ -58,9 +60,13 @@ def save_artifact(detector: AnomalyDetector, path: str | Path) -> Path:
         name: tensor.detach().cpu().contiguous()
         for name, tensor in detector.head.state_dict().items()
     }
-    if detector.global_gaussian is not None:
-        for name, tensor in detector.global_gaussian.state_dict().items():
-            tensors[GAUSSIAN_PREFIX + name] = tensor.detach().cpu().contiguous()
+    for prefix, part in (
+        (GAUSSIAN_PREFIX, detector.global_gaussian),
+        (MEMORY_PREFIX, detector.patch_memory),
+    ):
+        if part is not None:
+            for name, tensor in part.state_dict().items():
+                tensors[prefix + name] = tensor.detach().cpu().contiguous()
     metadata_json = detector.metadata.to_json()
     header = {
         "format": FORMAT_NAME,
@@ -178,6 +184,14 @@ def load_artifact(
     if term is not None:
         expected[GAUSSIAN_PREFIX + "mean"] = torch.empty(term.dims)
         expected[GAUSSIAN_PREFIX + "whitening"] = torch.empty(term.dims, term.dims)
+    memory_term = metadata.patch_memory
+    if memory_term is not None:
+        if memory_term.dims != metadata.embed_dim:
+            raise ArtifactError(
+                f"{path}'s patch memory has {memory_term.dims} dimensions, its patch features "
+                f"{metadata.embed_dim}"
+            )
+        expected[MEMORY_PREFIX + "bank"] = torch.empty(memory_term.size, memory_term.dims)
     problems = [
         f"{name}: {tuple(tensors[name].shape) if name in tensors else 'missing'} "
         f"!= {tuple(tensor.shape)}"
@@ -188,7 +202,11 @@ def load_artifact(
     if problems:
         raise ArtifactError(f"{path} does not match its metadata: {'; '.join(problems[:4])}")
     head.load_state_dict(
-        {name: t for name, t in tensors.items() if not name.startswith(GAUSSIAN_PREFIX)},
+        {
+            name: t
+            for name, t in tensors.items()
+            if not name.startswith((GAUSSIAN_PREFIX, MEMORY_PREFIX))
+        },
         strict=True,
     )
     gaussian = None
@@ -203,6 +221,12 @@ def load_artifact(
                 f"{path}'s global Gaussian has {term.dims} dimensions, its layers {channels}"
             )
         gaussian = GlobalGaussian(mean, whitening, center=term.center, weight=term.weight)
+    memory = None
+    if memory_term is not None:
+        bank = tensors[MEMORY_PREFIX + "bank"]
+        if not torch.isfinite(bank).all():
+            raise ArtifactError(f"{path} has a patch memory with non-finite values")
+        memory = PatchMemory(bank, center=memory_term.center, weight=memory_term.weight)
     if backbone is None:
         backbone = build_backbone(
             metadata.backbone, layers=metadata.layers, weights_path=backbone_weights
@@ -213,5 +237,9 @@ def load_artifact(
             f"{backbone.spec.name} {backbone.spec.layers}"
         )
     return AnomalyDetector(
-        backbone=backbone, head=head, metadata=metadata, global_gaussian=gaussian
+        backbone=backbone,
+        head=head,
+        metadata=metadata,
+        global_gaussian=gaussian,
+        patch_memory=memory,
     ).to(device)

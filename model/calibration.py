@@ -10,6 +10,8 @@ from model.metadata import Calibration
 
 # Held-out scores above this quantile form the tail the threshold is extrapolated from.
 TAIL_START_QUANTILE = 0.8
+# Spread of a score on the held-out good images: its 99th percentile minus its median.
+SPREAD_QUANTILE = 0.99
 # Fewer held-out scores than this give no usable tail: a conservative estimate instead.
 MIN_TAIL_SCORES = 30
 
@@ -91,3 +93,31 @@ def calibrate(holdout_scores: np.ndarray, target_false_alarm_rate: float) -> Cal
         target_false_alarm_rate=rate,
         estimated_false_alarm_rate=float(min(max(estimated, 0.0), 0.999)),
     )
+
+
+def matching_scale(
+    simplenet_scores: np.ndarray, distances: np.ndarray
+) -> tuple[float, float]:
+    """Center and weight that give a second score the first one's held-out spread.
+
+    Both scores are measured on the same held-out good images; each one's spread is its
+    :data:`SPREAD_QUANTILE` quantile minus its median, so ``reference + weight * (other -
+    center)`` weighs its two parts the same on good images, whatever their units. No anomaly
+    label is involved.
+
+    Args:
+        simplenet_scores: ``[N]`` the reference scores (SimpleNet's) of the held-out images.
+        distances: ``[N]`` the other score (a distance) of the same images.
+
+    Returns:
+        ``(center, weight)``: the other score's median and the ratio of the spreads (1 when
+        either spread is zero).
+    """
+    center = float(np.median(distances))
+    spread = float(np.quantile(distances, SPREAD_QUANTILE)) - center
+    simplenet_spread = float(
+        np.quantile(simplenet_scores, SPREAD_QUANTILE) - np.median(simplenet_scores)
+    )
+    if spread <= 0.0 or simplenet_spread <= 0.0:  # degenerate held-out set: equal units
+        return center, 1.0
+    return center, simplenet_spread / spread

@@ -74,7 +74,7 @@ def fit_progress_bars(
     def on_progress(event: FitProgress) -> None:
         bar = bars.get(event.stage)
         if bar is None:
-            unit = "epoch" if event.stage == "train" else "img"
+            unit = {"train": "epoch", "memory bank": "patch"}.get(event.stage, "img")
             bar = bars[event.stage] = tqdm(
                 total=event.total, desc=prefix + event.stage, unit=unit, disable=not enabled
             )
@@ -166,6 +166,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "score (Rippel et al. 2020)",
     )
     parser.add_argument(
+        "--memory-bank-size",
+        type=int,
+        default=defaults.memory_bank_size,
+        help="training patches kept (greedy coreset) whose nearest-neighbour distance map is "
+        "added to the score map (PatchCore); 0 turns it off",
+    )
+    parser.add_argument(
         "--holdout-fraction",
         type=float,
         default=defaults.holdout_fraction,
@@ -195,6 +202,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         noise_ratio=args.noise_ratio,
         local_anomaly_share=args.local_anomaly_share,
         global_gaussian=args.global_gaussian,
+        memory_bank_size=args.memory_bank_size,
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
         device=args.device,

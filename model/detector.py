@@ -16,6 +16,7 @@ from model.folding import FoldedScorer, fold_head
 from model.global_gaussian import GlobalGaussian
 from model.metadata import DetectorMetadata
 from model.network import HeadEnsemble
+from model.patch_memory import PatchMemory
 
 HEATMAP_SIGMA = 4.0
 
@@ -167,6 +168,8 @@ class AnomalyDetector(nn.Module):
         metadata: Model description, including calibration.
         global_gaussian: The image-level Gaussian term, present exactly when
             ``metadata.global_gaussian`` is (same center, weight and dimensions).
+        patch_memory: The nearest-neighbour map term, present exactly when
+            ``metadata.patch_memory`` is (same center, weight, size and dimensions).
     """
 
     def __init__(
@@ -176,6 +179,7 @@ class AnomalyDetector(nn.Module):
         head: HeadEnsemble,
         metadata: DetectorMetadata,
         global_gaussian: GlobalGaussian | None = None,
+        patch_memory: PatchMemory | None = None,
     ) -> None:
         super().__init__()
         if (backbone.spec.name, backbone.spec.layers) != (metadata.backbone, metadata.layers):
@@ -199,8 +203,21 @@ class AnomalyDetector(nn.Module):
             )
         ):
             raise ValueError("the global Gaussian term does not match the metadata's")
+        memory_term = metadata.patch_memory
+        if (memory_term is None) != (patch_memory is None) or (
+            memory_term is not None
+            and patch_memory is not None
+            and (
+                (memory_term.center, memory_term.weight)
+                != (patch_memory.center, patch_memory.weight)
+                or (memory_term.size, memory_term.dims) != tuple(patch_memory.bank.shape)
+                or memory_term.dims != metadata.embed_dim
+            )
+        ):
+            raise ValueError("the patch memory does not match the metadata's")
         self.backbone = backbone
         self.global_gaussian = global_gaussian
+        self.patch_memory = patch_memory
         self.aggregator = PatchFeatureAggregator(
             backbone.spec, common_dim=metadata.common_dim, embed_dim=metadata.embed_dim
         )
@@ -226,16 +243,23 @@ class AnomalyDetector(nn.Module):
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Backbone maps and float32 patch score maps ``[B, h, w]`` of a normalised batch.
 
-        On CUDA both run under autocast (bfloat16, or float16 without bfloat16 support).
+        The score map is the folded SimpleNet map plus, when the model has one, the patch
+        memory's distance map. On CUDA the backbone and the folded head run under autocast
+        (bfloat16, or float16 without bfloat16 support); the distances always in float32.
         """
         if batch.device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             with torch.autocast("cuda", dtype=dtype):
                 layer_maps = self.backbone(batch)
                 maps = self.scorer(layer_maps)
-            return layer_maps, maps.float()
-        layer_maps = self.backbone(batch)
-        return layer_maps, self.scorer(layer_maps)
+            maps = maps.float()
+        else:
+            layer_maps = self.backbone(batch)
+            maps = self.scorer(layer_maps)
+        if self.patch_memory is not None:
+            features = self.aggregator([layer.float() for layer in layer_maps])
+            maps = maps + self.patch_memory(features)
+        return layer_maps, maps
 
     def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw patch score maps ``[B, h, w]`` and image scores ``[B]`` of a normalised batch.

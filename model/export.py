@@ -1,8 +1,9 @@
 """Export of a fitted detector as one graph for an inference runtime (ONNX, OpenVINO IR).
 
 The graph takes a normalised batch ``images`` ``[B, 3, S, S]`` (dynamic ``B``) and returns
-``scores`` ``[B]`` (raw image scores: the max of each patch score map, plus the global
-Gaussian term when the model has one) and ``heatmaps``
+``scores`` ``[B]`` (raw image scores: the max of each patch score map, which includes the
+patch memory's distance map when the model has one, plus the global Gaussian term when the
+model has one) and ``heatmaps``
 ``[B, S, S]`` (raw heatmaps: score maps upsampled and blurred); calibration stays outside
 the graph, in the metadata written beside it, as do the input's mean and std.
 
@@ -55,7 +56,9 @@ class ExportError(ModelError):
 class DetectorGraph(nn.Module):
     """The whole detector as one feed-forward graph: trunk, folded head, max, heatmap.
 
-    With a global Gaussian term the image score adds it, from the same backbone maps.
+    With a patch memory the score map adds its distance map (from the unfolded patch
+    features); with a global Gaussian term the image score adds it, from the same backbone
+    maps.
 
     Args:
         detector: Fitted detector (its folded scorer is copied into a
@@ -67,6 +70,8 @@ class DetectorGraph(nn.Module):
         self.backbone = detector.backbone
         self.scorer = GraphScorer(detector.scorer)
         self.global_gaussian = detector.global_gaussian
+        self.patch_memory = detector.patch_memory
+        self.aggregator = detector.aggregator
         size = detector.metadata.image_size
         with torch.no_grad():
             maps = self.scorer(self.backbone(torch.zeros(1, 3, size, size)))
@@ -79,6 +84,8 @@ class DetectorGraph(nn.Module):
         """Raw image scores ``[B]`` and raw heatmaps ``[B, S, S]`` of a normalised batch."""
         layer_maps = self.backbone(images)
         maps = self.scorer(layer_maps)
+        if self.patch_memory is not None:
+            maps = maps + self.patch_memory(self.aggregator(layer_maps))
         scores = torch.amax(maps.flatten(1), dim=1)
         if self.global_gaussian is not None:
             scores = scores + self.global_gaussian(layer_maps)

@@ -22,9 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-# Spread of a score on the held-out good images: its 99th percentile minus its median.
-SPREAD_QUANTILE = 0.99
-
 
 def global_pool(feature_maps: list[torch.Tensor]) -> torch.Tensor:
     """Averages every backbone map over its positions and concatenates the layers.
@@ -130,29 +127,3 @@ class GlobalGaussian(nn.Module):
     def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
         """The score term ``[B]`` of a batch's backbone maps."""
         return self.weight * (self.distances(global_pool(feature_maps)) - self.center)
-
-
-def matching_scale(
-    simplenet_scores: np.ndarray, distances: np.ndarray
-) -> tuple[float, float]:
-    """Center and weight that give the distances the SimpleNet scores' held-out spread.
-
-    Both scores are measured on the same held-out good images; each one's spread is its
-    :data:`SPREAD_QUANTILE` quantile minus its median, so the two parts of the summed score
-    weigh the same on good images, whatever their units.
-
-    Args:
-        simplenet_scores: ``[N]`` raw SimpleNet image scores of the held-out images.
-        distances: ``[N]`` Mahalanobis distances of the same images.
-
-    Returns:
-        ``(center, weight)`` for :class:`GlobalGaussian`.
-    """
-    center = float(np.median(distances))
-    spread = float(np.quantile(distances, SPREAD_QUANTILE)) - center
-    simplenet_spread = float(
-        np.quantile(simplenet_scores, SPREAD_QUANTILE) - np.median(simplenet_scores)
-    )
-    if spread <= 0.0 or simplenet_spread <= 0.0:  # degenerate held-out set: equal units
-        return center, 1.0
-    return center, simplenet_spread / spread

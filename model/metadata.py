@@ -12,7 +12,8 @@ from model.errors import ArtifactError
 # 3: calibration for a target false-alarm rate (format 2's quantile q reads as rate 1 - q);
 #    the backbone layers are a choice of the fit, not fixed per backbone.
 # 4: an optional image-level Gaussian term (global_gaussian.* tensors, metadata
-#    global_gaussian); formats 2 and 3 read as having none.
+#    global_gaussian) and an optional patch memory bank (patch_memory.bank, metadata
+#    patch_memory); formats 2 and 3 read as having neither.
 ARTIFACT_FORMAT_VERSION = 4
 READABLE_FORMAT_VERSIONS = (2, 3, 4)
 
@@ -66,6 +67,12 @@ class Calibration:
         return cls(**raw)
 
 
+def _check_finite(owner: str, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
+            raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class GlobalGaussianTerm:
     """How the image-level Gaussian (``model.global_gaussian``) adds to the image score.
@@ -83,14 +90,40 @@ class GlobalGaussianTerm:
     dims: int
 
     def __post_init__(self) -> None:
-        for name in ("center", "weight", "shrinkage"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
-                raise ValueError(f"global_gaussian.{name} must be a finite number, got {value!r}")
+        _check_finite(
+            "global_gaussian",
+            {"center": self.center, "weight": self.weight, "shrinkage": self.shrinkage},
+        )
         if self.weight <= 0.0 or not 0.0 <= self.shrinkage <= 1.0:
             raise ValueError("global_gaussian needs weight > 0 and shrinkage in [0, 1]")
         if not isinstance(self.dims, int) or self.dims < 1:
             raise ValueError(f"global_gaussian.dims must be a positive integer, got {self.dims!r}")
+
+
+@dataclass(frozen=True)
+class PatchMemoryTerm:
+    """How the patch memory bank (``model.patch_memory``) adds to the score map.
+
+    Attributes:
+        center: Median over the held-out good images of their largest patch distance.
+        weight: Scale putting the distance map on the SimpleNet map's held-out spread.
+        size: Patches in the bank.
+        dims: Patch feature dimensions.
+    """
+
+    center: float
+    weight: float
+    size: int
+    dims: int
+
+    def __post_init__(self) -> None:
+        _check_finite("patch_memory", {"center": self.center, "weight": self.weight})
+        if self.weight <= 0.0:
+            raise ValueError("patch_memory needs weight > 0")
+        for name in ("size", "dims"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"patch_memory.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -122,6 +155,7 @@ class DetectorMetadata:
         format_version: Artifact format version.
         extra: Free-form strings from the fit's caller.
         global_gaussian: The image-level Gaussian term added to the image score, or None.
+        patch_memory: The nearest-neighbour term added to the score map, or None.
     """
 
     version: str
@@ -147,6 +181,7 @@ class DetectorMetadata:
     format_version: int = ARTIFACT_FORMAT_VERSION
     extra: dict[str, str] = field(default_factory=dict)
     global_gaussian: GlobalGaussianTerm | None = None
+    patch_memory: PatchMemoryTerm | None = None
 
     def to_json(self) -> str:
         """Serialises to a JSON string (stable key order)."""
@@ -165,13 +200,20 @@ class DetectorMetadata:
                 raise TypeError("metadata is not an object")
             known = {item.name for item in fields(cls)}
             unknown = set(raw) - known
-            missing = known - set(raw) - {"extra", "format_version", "global_gaussian"}
+            missing = known - set(raw) - {
+                "extra",
+                "format_version",
+                "global_gaussian",
+                "patch_memory",
+            }
             if unknown or missing:
                 raise ValueError(f"unknown fields {sorted(unknown)}, missing {sorted(missing)}")
             raw["layers"] = tuple(str(layer) for layer in raw["layers"])
             raw["calibration"] = Calibration.from_dict(raw["calibration"])
             if raw.get("global_gaussian") is not None:
                 raw["global_gaussian"] = GlobalGaussianTerm(**raw["global_gaussian"])
+            if raw.get("patch_memory") is not None:
+                raw["patch_memory"] = PatchMemoryTerm(**raw["patch_memory"])
             raw["calibration_scores"] = tuple(float(v) for v in raw["calibration_scores"])
             for name in ("image_size", "common_dim", "embed_dim", "hidden_dim", "heads", "epochs"):
                 if name == "common_dim" and raw[name] is None:

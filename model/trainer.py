@@ -16,16 +16,17 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from model.backbones import BACKBONES, FeatureBackbone, backbone_spec, build_backbone
-from model.calibration import calibrate
+from model.calibration import calibrate, matching_scale
 from model.detector import AnomalyDetector, images_to_tensor
 from model.errors import DatasetError
 from model.features import DEFAULT_COMMON_DIM, PatchFeatureAggregator, default_embed_dim
-from model.global_gaussian import GlobalGaussian, global_pool, matching_scale
+from model.global_gaussian import GlobalGaussian, global_pool
 from model.local_anomalies import local_anomaly_set
 from model.loss import truncated_l1_loss
-from model.metadata import Calibration, DetectorMetadata, GlobalGaussianTerm
+from model.metadata import Calibration, DetectorMetadata, GlobalGaussianTerm, PatchMemoryTerm
 from model.network import HeadEnsemble, SimpleNetHead
 from model.noise import GaussianAnomalyGenerator
+from model.patch_memory import PatchMemory, greedy_coreset
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ logger = logging.getLogger(__name__)
 # by more than 0.01 (issue 12 note). WideResNet50 keeps the paper's absolute 0.015.
 NOISE_RATIO = 0.3
 ABSOLUTE_NOISE_SIGMA = {"wide_resnet50_2": 0.015}
-# Fewer held-out images than this cannot put the Gaussian term on SimpleNet's scale (with
-# two, matched spreads cancel exactly whenever the two scores order the images differently):
-# such a fit goes without it.
+# Fewer held-out images than this cannot put the Gaussian term or the memory bank on
+# SimpleNet's scale (with two, matched spreads cancel exactly whenever the two scores order
+# the images differently): such a fit goes without them.
 GAUSSIAN_MIN_HOLDOUT = 10
 # A patch of a local anomaly counts as anomalous when its mask covers more than this share.
 LOCAL_ANOMALY_COVERAGE = 0.5
@@ -75,6 +76,10 @@ class FitConfig:
             Rippel et al. 2020) to the image score. Development split / synthetic defects,
             recall at 1% false alarms: see that module (it raised both on every seed tried).
             Left out when fewer than :data:`GAUSSIAN_MIN_HOLDOUT` images are held out.
+        memory_bank_size: Training patches kept (a greedy coreset) as a memory bank whose
+            nearest-neighbour distance map is added to SimpleNet's (``model.patch_memory``,
+            PatchCore's distance); 0 turns it off. Left out, as the Gaussian term, when fewer
+            than :data:`GAUSSIAN_MIN_HOLDOUT` images are held out.
         epochs: Passes of each head over the cached training features; the last is kept.
             A fixed schedule, not a stopping rule: the results level off after 3 (2 heads,
             development image AUROC / recall at 1% false alarms, synthetic image /
@@ -112,6 +117,7 @@ class FitConfig:
     noise_ratio: float = NOISE_RATIO
     local_anomaly_share: float = 0.0
     global_gaussian: bool = True
+    memory_bank_size: int = 4000
     epochs: int = 3
     batch_size: int = 8
     patches_per_step: int = 2048
@@ -146,6 +152,8 @@ class FitConfig:
             raise ValueError("holdout_fraction in (0, 1) and target_false_alarm_rate in (0, 0.5]")
         if not 0.0 <= self.local_anomaly_share < 1.0 or self.noise_ratio <= 0.0:
             raise ValueError("local_anomaly_share in [0, 1) and noise_ratio > 0 are required")
+        if self.memory_bank_size < 0:
+            raise ValueError("memory_bank_size must be >= 0 (0 turns the memory bank off)")
         if self.noise_sigma is not None and self.noise_sigma <= 0.0:
             raise ValueError("noise_sigma must be positive")
         common_dim = self.common_dim or DEFAULT_COMMON_DIM[self.backbone]
@@ -164,8 +172,9 @@ class FitProgress:
 
     Attributes:
         stage: ``features`` (backbone over the training images), ``local anomalies``
-            (backbone over their synthetic anomalies), ``train`` (epochs over all heads) or
-            ``calibration`` (held-out images scored).
+            (backbone over their synthetic anomalies), ``train`` (epochs over all heads),
+            ``memory bank`` (coreset patches chosen) or ``calibration`` (held-out images
+            scored).
         done: Units done in this stage.
         total: Units in this stage.
         loss: Mean loss of the last epoch (``train`` only).
@@ -415,34 +424,52 @@ def _stage_reporter(
 
 
 @torch.inference_mode()
-def _holdout_scores(
+def _holdout_parts(
     detector: AnomalyDetector,
+    memory: PatchMemory | None,
     gaussian: GlobalGaussian | None,
     images: Sequence[np.ndarray],
     batch_size: int,
     progress: ProgressCallback | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """SimpleNet image scores and Mahalanobis distances of the held-out images (one pass).
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The score parts of the held-out images, in one backbone pass.
+
+    Args:
+        detector: The SimpleNet detector alone (no memory, no Gaussian term).
+        memory: Unscaled patch memory, or None.
+        gaussian: Unscaled global Gaussian, or None.
+        images: Held-out good images.
+        batch_size: Images per pass.
+        progress: Reports the ``calibration`` stage.
 
     Returns:
-        ``[N]`` raw SimpleNet scores and ``[N]`` distances (zeros without a Gaussian).
+        ``[N, h, w]`` SimpleNet score maps, ``[N, h, w]`` memory distance maps (or None) and
+        ``[N]`` Mahalanobis distances (or None), float64.
     """
+    if memory is not None:
+        memory = memory.to(detector.device)
     if gaussian is not None:
         gaussian = gaussian.to(detector.device)
-    scores, distances = [], []
+    maps, memory_maps, distances = [], [], []
     for start in range(0, len(images), batch_size):
         batch = detector.preprocess(images[start : start + batch_size])
-        layer_maps, maps = detector.backbone_and_score_maps(batch)
-        scores.append(maps.flatten(1).amax(dim=1).cpu())
+        layer_maps, score_maps = detector.backbone_and_score_maps(batch)
+        maps.append(score_maps.cpu())
+        if memory is not None:
+            features = detector.aggregator([layer.float() for layer in layer_maps])
+            memory_maps.append(memory.distances(features).cpu())
         if gaussian is not None:
             distances.append(gaussian.distances(global_pool(layer_maps)).cpu())
         if progress is not None:
             done = min(start + batch_size, len(images))
             progress(FitProgress("calibration", done, len(images)))
-    simplenet = torch.cat(scores).numpy().astype(np.float64)
-    if gaussian is None:
-        return simplenet, np.zeros_like(simplenet)
-    return simplenet, torch.cat(distances).numpy().astype(np.float64)
+
+    def joined(parts: list[torch.Tensor]) -> np.ndarray | None:
+        return torch.cat(parts).numpy().astype(np.float64) if parts else None
+
+    simplenet = joined(maps)
+    assert simplenet is not None
+    return simplenet, joined(memory_maps), joined(distances)
 
 
 def fit_detector(
@@ -526,6 +553,28 @@ def fit_detector(
         time.perf_counter() - started,
     )
     head = train_heads(features, config, local, progress)
+    use_extras = len(holdout_images) >= GAUSSIAN_MIN_HOLDOUT
+    if (config.global_gaussian or config.memory_bank_size) and not use_extras:
+        logger.warning(
+            "no global Gaussian term and no memory bank: %d held-out images, %d needed to "
+            "scale them",
+            len(holdout_images),
+            GAUSSIAN_MIN_HOLDOUT,
+        )
+    memory = None
+    if use_extras and config.memory_bank_size:
+        patches = features.reshape(-1, features.shape[-1])
+        chosen = greedy_coreset(
+            patches,
+            config.memory_bank_size,
+            seed=config.seed,
+            progress=_stage_reporter(
+                progress, "memory bank", min(config.memory_bank_size, len(patches))
+            ),
+        )
+        bank = patches[chosen]
+        memory = PatchMemory(bank, center=0.0, weight=1.0)
+        logger.info("memory bank: %d of %d patches", len(bank), len(patches))
     del features, local
     assert config.noise_sigma is not None
     provisional = Calibration(
@@ -560,26 +609,34 @@ def fit_detector(
     )
     detector = AnomalyDetector(backbone=backbone, head=head.cpu(), metadata=metadata)
     detector.to(config.device)
-    use_gaussian = config.global_gaussian and len(holdout_images) >= GAUSSIAN_MIN_HOLDOUT
-    if config.global_gaussian and not use_gaussian:
-        logger.warning(
-            "no global Gaussian term: %d held-out images, %d needed to scale it",
-            len(holdout_images),
-            GAUSSIAN_MIN_HOLDOUT,
-        )
-    fitted, shrinkage = GlobalGaussian.fit(pooled) if use_gaussian else (None, 0.0)
-    simplenet_scores, distances = _holdout_scores(
-        detector, fitted, holdout_images, config.batch_size, progress
+    fitted, shrinkage = (
+        GlobalGaussian.fit(pooled) if use_extras and config.global_gaussian else (None, 0.0)
     )
+    simplenet_maps, memory_maps, distances = _holdout_parts(
+        detector, memory, fitted, holdout_images, config.batch_size, progress
+    )
+    maps = simplenet_maps
+    memory_term = None
+    if memory is not None and memory_maps is not None:
+        center, weight = matching_scale(
+            simplenet_maps.reshape(len(maps), -1).max(axis=1),
+            memory_maps.reshape(len(maps), -1).max(axis=1),
+        )
+        memory = memory.scaled(center=center, weight=weight)
+        memory_term = PatchMemoryTerm(
+            center=center, weight=weight, size=int(memory.bank.shape[0]),
+            dims=int(memory.bank.shape[1]),
+        )
+        maps = simplenet_maps + weight * (memory_maps - center)
+    raw_scores = maps.reshape(len(maps), -1).max(axis=1)
     gaussian, term = None, None
-    raw_scores = simplenet_scores
-    if fitted is not None:
-        center, weight = matching_scale(simplenet_scores, distances)
+    if fitted is not None and distances is not None:
+        center, weight = matching_scale(raw_scores, distances)
         gaussian = fitted.scaled(center=center, weight=weight)
         term = GlobalGaussianTerm(
             center=center, weight=weight, shrinkage=shrinkage, dims=int(pooled.shape[1])
         )
-        raw_scores = simplenet_scores + weight * (distances - center)
+        raw_scores = raw_scores + weight * (distances - center)
     calibration = calibrate(raw_scores, config.target_false_alarm_rate)
     weights_digest = hashlib.sha256(
         b"".join(t.detach().cpu().numpy().tobytes() for t in head.state_dict().values())
@@ -590,9 +647,14 @@ def fit_detector(
         calibration=calibration,
         calibration_scores=tuple(float(v) for v in calibration.normalize(raw_scores)),
         global_gaussian=term,
+        patch_memory=memory_term,
     )
     detector = AnomalyDetector(
-        backbone=backbone, head=head.cpu(), metadata=final, global_gaussian=gaussian
+        backbone=backbone,
+        head=head.cpu(),
+        metadata=final,
+        global_gaussian=gaussian,
+        patch_memory=memory,
     ).to(config.device)
     logger.info(
         "fitted %s for %s in %.1fs (threshold %.4f for %.2f%% false alarms)",

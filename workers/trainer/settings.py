@@ -48,6 +48,9 @@ class FitSettings(BaseModel):
     global_gaussian: bool = Field(
         default=True,
         description="Add an image-level Gaussian on pooled backbone features to the score.")
+    memory_bank_size: int = Field(
+        default=4000, ge=0, le=100_000,
+        description="Training patches kept as a nearest-neighbour memory bank; 0 turns it off.")
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 

@@ -5,8 +5,9 @@ import torch
 from model.backbones import build_backbone
 from model.detector import AnomalyDetector
 from model.global_gaussian import GlobalGaussian
-from model.metadata import Calibration, DetectorMetadata, GlobalGaussianTerm
+from model.metadata import Calibration, DetectorMetadata, GlobalGaussianTerm, PatchMemoryTerm
 from model.network import HeadEnsemble, SimpleNetHead
+from model.patch_memory import PatchMemory
 
 
 @pytest.fixture(scope="session")
@@ -73,14 +74,28 @@ def random_gaussian(dims: int = 344, seed: int = 0) -> tuple[GlobalGaussian, Glo
     return GlobalGaussian(mean, whitening, center=term.center, weight=term.weight), term
 
 
-def gaussian_detector(backbone, image_size: int = 64, seed: int = 0) -> AnomalyDetector:
-    """A random detector whose image score includes a random global Gaussian term."""
+def random_memory(
+    size: int = 50, dims: int = 344, seed: int = 0
+) -> tuple[PatchMemory, PatchMemoryTerm]:
+    """A patch memory with a random bank, and its metadata."""
+    generator = torch.Generator().manual_seed(seed + 100)
+    bank = torch.randn(size, dims, generator=generator)
+    term = PatchMemoryTerm(center=20.0, weight=0.02, size=size, dims=dims)
+    return PatchMemory(bank, center=term.center, weight=term.weight), term
+
+
+def full_detector(backbone, image_size: int = 64, seed: int = 0) -> AnomalyDetector:
+    """A random detector with a random patch memory and a random global Gaussian term."""
     gaussian, term = random_gaussian(seed=seed)
+    memory, memory_term = random_memory(seed=seed)
     return AnomalyDetector(
         backbone=backbone,
         head=randomized_head(seed=seed),
-        metadata=make_metadata(image_size=image_size, global_gaussian=term),
+        metadata=make_metadata(
+            image_size=image_size, global_gaussian=term, patch_memory=memory_term
+        ),
         global_gaussian=gaussian,
+        patch_memory=memory,
     )
 
 

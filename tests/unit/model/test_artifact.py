@@ -7,7 +7,7 @@ import torch
 
 from model.artifact import load_artifact, read_metadata, save_artifact
 from model.errors import ArtifactError
-from tests.unit.model.conftest import gaussian_detector
+from tests.unit.model.conftest import full_detector
 
 
 def test_round_trip_keeps_scores_and_metadata(random_detector, images, lite0, tmp_path):
@@ -103,32 +103,34 @@ def _contents(path):
         return tensors, handle.metadata()["metadata"]
 
 
-def test_global_gaussian_round_trip_keeps_the_image_scores(lite0, images, tmp_path):
-    detector = gaussian_detector(lite0)
+def test_memory_and_gaussian_round_trip_keeps_scores_and_heatmaps(lite0, images, tmp_path):
+    detector = full_detector(lite0)
     path = save_artifact(detector, tmp_path / "model.safetensors")
     loaded = load_artifact(path, backbone=lite0)
-    assert loaded.metadata.global_gaussian == detector.metadata.global_gaussian
-    assert loaded.global_gaussian is not None
-    expected = detector.predict(images).scores
-    np.testing.assert_allclose(loaded.predict(images).scores, expected, rtol=1e-6)
+    assert loaded.metadata == detector.metadata
+    assert loaded.global_gaussian is not None and loaded.patch_memory is not None
+    expected, actual = detector.predict(images), loaded.predict(images)
+    np.testing.assert_allclose(actual.scores, expected.scores, rtol=1e-6)
+    np.testing.assert_allclose(actual.heatmaps, expected.heatmaps, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        maps = detector.score_maps(detector.preprocess(images))
-    assert not np.allclose(expected, maps.flatten(1).amax(1).numpy())  # the term counts
+        maps = detector.scorer(detector.backbone(detector.preprocess(images)))
+    assert not np.allclose(expected.scores, maps.flatten(1).amax(1).numpy())  # the terms count
 
 
 def test_a_format_3_artifact_loads_without_a_gaussian_term(random_detector, lite0, tmp_path):
     path = _saved(random_detector, tmp_path)
     tensors, metadata_json = _contents(path)
     raw = json.loads(metadata_json)
-    del raw["global_gaussian"]
+    del raw["global_gaussian"], raw["patch_memory"]
     raw["format_version"] = 3
     _rewrite(path, tensors, json.dumps(raw, sort_keys=True), format_version="3")
     loaded = load_artifact(path, backbone=lite0)
     assert loaded.global_gaussian is None and loaded.metadata.global_gaussian is None
+    assert loaded.patch_memory is None and loaded.metadata.patch_memory is None
 
 
 def test_a_gaussian_term_without_its_tensors_is_refused(lite0, tmp_path):
-    path = save_artifact(gaussian_detector(lite0), tmp_path / "model.safetensors")
+    path = save_artifact(full_detector(lite0), tmp_path / "model.safetensors")
     tensors, metadata_json = _contents(path)
     del tensors["global_gaussian.whitening"]
     _rewrite(path, tensors, metadata_json)
@@ -136,12 +138,22 @@ def test_a_gaussian_term_without_its_tensors_is_refused(lite0, tmp_path):
         load_artifact(path, backbone=lite0)
 
 
-def test_a_non_finite_gaussian_is_refused(lite0, tmp_path):
-    path = save_artifact(gaussian_detector(lite0), tmp_path / "model.safetensors")
+@pytest.mark.parametrize("name", ["global_gaussian.mean", "patch_memory.bank"])
+def test_non_finite_extra_tensors_are_refused(lite0, tmp_path, name):
+    path = save_artifact(full_detector(lite0), tmp_path / "model.safetensors")
     tensors, metadata_json = _contents(path)
-    tensors["global_gaussian.mean"][5] = float("nan")
+    tensors[name].view(-1)[5] = float("nan")
     _rewrite(path, tensors, metadata_json)
     with pytest.raises(ArtifactError, match="non-finite"):
+        load_artifact(path, backbone=lite0)
+
+
+def test_a_bank_of_another_size_than_the_metadata_says_is_refused(lite0, tmp_path):
+    path = save_artifact(full_detector(lite0), tmp_path / "model.safetensors")
+    tensors, metadata_json = _contents(path)
+    tensors["patch_memory.bank"] = tensors["patch_memory.bank"][:10].clone()
+    _rewrite(path, tensors, metadata_json)
+    with pytest.raises(ArtifactError, match=r"patch_memory\.bank: \(10, 344\) != \(50, 344\)"):
         load_artifact(path, backbone=lite0)
 
 

@@ -24,7 +24,7 @@ from model.export import (
     read_export,
 )
 from model.folding import GraphScorer
-from tests.unit.model.conftest import gaussian_detector
+from tests.unit.model.conftest import full_detector
 
 MTD = Path(__file__).resolve().parents[4] / "shared" / "data" / "mtd"
 TOLERANCE = 1e-4  # relative to the largest magnitude of the eager output
@@ -46,7 +46,7 @@ def real_images(count: int = 6) -> list[np.ndarray]:
 def exported(lite0, tmp_path_factory):
     """One 96 px detector with a global Gaussian term, its artifact and both exports."""
     folder = tmp_path_factory.mktemp("export")
-    detector = gaussian_detector(lite0, image_size=96, seed=3)
+    detector = full_detector(lite0, image_size=96, seed=3)
     artifact = save_artifact(detector, folder / "model.safetensors")
     exports = {name: folder / name for name in ("onnx", "openvino")}
     for name, out in exports.items():
@@ -76,15 +76,20 @@ def test_detector_graph_equals_score_maps_max_and_heatmaps(random_detector):
     assert relative_error(heatmaps.numpy(), expected_heatmaps.numpy()) < TOLERANCE
 
 
-def test_detector_graph_adds_the_global_gaussian_term(lite0):
-    detector = gaussian_detector(lite0, seed=1)
+def test_detector_graph_adds_the_memory_map_and_the_gaussian_term(lite0):
+    detector = full_detector(lite0, seed=1)
     batch = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         maps, expected = detector.score(batch)
-        term = detector.global_gaussian(detector.backbone(batch))
-        scores, _ = DetectorGraph(detector)(batch)
+        layer_maps = detector.backbone(batch)
+        simplenet = detector.scorer(layer_maps)
+        memory = detector.patch_memory(detector.aggregator(layer_maps))
+        term = detector.global_gaussian(layer_maps)
+        scores, heatmaps = DetectorGraph(detector)(batch)
+    assert relative_error(maps.numpy(), (simplenet + memory).numpy()) < 1e-6
     assert relative_error(expected.numpy(), (maps.flatten(1).amax(1) + term).numpy()) < 1e-6
     assert relative_error(scores.numpy(), expected.numpy()) < TOLERANCE
+    assert relative_error(heatmaps.numpy(), detector.heatmaps(maps).numpy()) < TOLERANCE
 
 
 def test_export_writes_checksummed_metadata(exported):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.global_gaussian import GlobalGaussian, global_pool, ledoit_wolf, matching_scale
+from model.calibration import matching_scale
+from model.global_gaussian import GlobalGaussian, global_pool, ledoit_wolf
 from model.metadata import GlobalGaussianTerm
 from model.trainer import GAUSSIAN_MIN_HOLDOUT, FitConfig, fit_detector
 
@@ -91,28 +92,39 @@ def _images(count: int, seed: int = 0) -> list[np.ndarray]:
 SMALL_FIT = dict(image_size=48, heads=1, epochs=1, min_steps_per_epoch=5, hidden_dim=32)
 
 
-def test_a_fit_adds_the_term_and_calibrates_the_summed_score(lite0):
+def test_a_fit_adds_both_terms_and_calibrates_the_summed_score(lite0):
     images = _images(5 * GAUSSIAN_MIN_HOLDOUT)
-    detector = fit_detector(images, config=FitConfig(**SMALL_FIT), product_line="a", backbone=lite0)
+    config = FitConfig(**SMALL_FIT, memory_bank_size=300)
+    detector = fit_detector(images, config=config, product_line="a", backbone=lite0)
     term = detector.metadata.global_gaussian
     assert detector.global_gaussian is not None and term is not None
     assert term.dims == 344 and term.weight > 0.0 and 0.0 < term.shrinkage <= 1.0
+    memory = detector.metadata.patch_memory
+    assert detector.patch_memory is not None and memory is not None
+    assert (memory.size, memory.dims) == (300, 344) and memory.weight > 0.0
     # the stored held-out scores are the summed score's: their median is the center
     assert np.median(detector.metadata.calibration_scores) == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         batch = detector.preprocess(images[:4])
         maps, scores = detector.score(batch)
         term_values = detector.global_gaussian(detector.backbone(batch))
+        simplenet = detector.scorer(detector.backbone(batch))
+        memory_map = detector.patch_memory(detector.aggregator(detector.backbone(batch)))
+    torch.testing.assert_close(maps, simplenet + memory_map)
     torch.testing.assert_close(scores, maps.flatten(1).amax(1) + term_values)
     np.testing.assert_allclose(detector.predict(images[:4]).scores, scores.numpy(), rtol=1e-5)
 
 
-def test_a_fit_goes_without_the_term_when_asked_or_with_few_held_out_images(lite0):
+def test_a_fit_goes_without_the_terms_when_asked_or_with_few_held_out_images(lite0):
     off = fit_detector(
-        _images(50), config=FitConfig(**SMALL_FIT, global_gaussian=False), product_line="a",
+        _images(50),
+        config=FitConfig(**SMALL_FIT, global_gaussian=False, memory_bank_size=0),
+        product_line="a",
         backbone=lite0,
     )
     assert off.global_gaussian is None and off.metadata.global_gaussian is None
+    assert off.patch_memory is None and off.metadata.patch_memory is None
     few = fit_detector(_images(12), config=FitConfig(**SMALL_FIT), product_line="a", backbone=lite0)
     assert few.metadata.holdout_image_count < GAUSSIAN_MIN_HOLDOUT
     assert few.global_gaussian is None and few.metadata.global_gaussian is None
+    assert few.patch_memory is None and few.metadata.patch_memory is None
