@@ -26,8 +26,9 @@ class Prediction:
     """Result of :meth:`AnomalyDetector.predict` for a batch of ``B`` images.
 
     Attributes:
-        scores: ``[B]`` raw image scores (max of the patch score map, plus the image-level
-            Gaussian term when the model has one).
+        scores: ``[B]`` raw image scores: max of the patch score map (SimpleNet's plus the
+            memory bank's distance map when the model has one), plus the image-level Gaussian
+            term when the model has one.
         normalized_scores: ``[B]`` calibrated scores; 0.5 is the decision threshold.
         labels: ``[B]`` True where the image is anomalous (normalised score >= 0.5).
         heatmaps: ``[B, S, S]`` blurred score maps on the normalised scale, ``S`` the

@@ -7,7 +7,7 @@ import torch
 from model.calibration import matching_scale
 from model.global_gaussian import GlobalGaussian, global_pool, ledoit_wolf
 from model.metadata import GlobalGaussianTerm
-from model.trainer import GAUSSIAN_MIN_HOLDOUT, FitConfig, fit_detector
+from model.trainer import MIN_HOLDOUT_FOR_TERMS, FitConfig, fit_detector
 
 
 def test_ledoit_wolf_barely_shrinks_plenty_of_correlated_samples():
@@ -93,7 +93,7 @@ SMALL_FIT = dict(image_size=48, heads=1, epochs=1, min_steps_per_epoch=5, hidden
 
 
 def test_a_fit_adds_both_terms_and_calibrates_the_summed_score(lite0):
-    images = _images(5 * GAUSSIAN_MIN_HOLDOUT)
+    images = _images(5 * MIN_HOLDOUT_FOR_TERMS)
     config = FitConfig(**SMALL_FIT, memory_bank_size=300)
     detector = fit_detector(images, config=config, product_line="a", backbone=lite0)
     term = detector.metadata.global_gaussian
@@ -125,6 +125,6 @@ def test_a_fit_goes_without_the_terms_when_asked_or_with_few_held_out_images(lit
     assert off.global_gaussian is None and off.metadata.global_gaussian is None
     assert off.patch_memory is None and off.metadata.patch_memory is None
     few = fit_detector(_images(12), config=FitConfig(**SMALL_FIT), product_line="a", backbone=lite0)
-    assert few.metadata.holdout_image_count < GAUSSIAN_MIN_HOLDOUT
+    assert few.metadata.holdout_image_count < MIN_HOLDOUT_FOR_TERMS
     assert few.global_gaussian is None and few.metadata.global_gaussian is None
     assert few.patch_memory is None and few.metadata.patch_memory is None
