@@ -176,14 +176,22 @@ def load_artifact(
             f"{path} is a model for line {metadata.product_line!r}, "
             f"expected {expected_product_line!r}"
         )
+    stored = sum(tensor.numel() for tensor in tensors.values())
+    implied = metadata.heads * (metadata.embed_dim**2 + metadata.embed_dim * metadata.hidden_dim)
+    if implied > stored:
+        # crafted sizes must not make the loader allocate what the file cannot hold
+        raise ArtifactError(
+            f"{path}'s metadata implies at least {implied} weights, the file holds {stored}"
+        )
     head = HeadEnsemble.empty(
         metadata.heads, metadata.embed_dim, metadata.hidden_dim, -metadata.margin
     )
-    expected = dict(head.state_dict())
+    # shapes only: the metadata's sizes are not trusted with an allocation before they match
+    expected = {name: tuple(tensor.shape) for name, tensor in head.state_dict().items()}
     term = metadata.global_gaussian
     if term is not None:
-        expected[GAUSSIAN_PREFIX + "mean"] = torch.empty(term.dims)
-        expected[GAUSSIAN_PREFIX + "whitening"] = torch.empty(term.dims, term.dims)
+        expected[GAUSSIAN_PREFIX + "mean"] = (term.dims,)
+        expected[GAUSSIAN_PREFIX + "whitening"] = (term.dims, term.dims)
     memory_term = metadata.patch_memory
     if memory_term is not None:
         if memory_term.dims != metadata.embed_dim:
@@ -191,12 +199,11 @@ def load_artifact(
                 f"{path}'s patch memory has {memory_term.dims} dimensions, its patch features "
                 f"{metadata.embed_dim}"
             )
-        expected[MEMORY_PREFIX + "bank"] = torch.empty(memory_term.size, memory_term.dims)
+        expected[MEMORY_PREFIX + "bank"] = (memory_term.size, memory_term.dims)
     problems = [
-        f"{name}: {tuple(tensors[name].shape) if name in tensors else 'missing'} "
-        f"!= {tuple(tensor.shape)}"
-        for name, tensor in expected.items()
-        if name not in tensors or tensors[name].shape != tensor.shape
+        f"{name}: {tuple(tensors[name].shape) if name in tensors else 'missing'} != {shape}"
+        for name, shape in expected.items()
+        if name not in tensors or tuple(tensors[name].shape) != shape
     ]
     problems += [f"unexpected tensor {name}" for name in tensors if name not in expected]
     if problems:

@@ -3,9 +3,9 @@
 The graph takes a normalised batch ``images`` ``[B, 3, S, S]`` (dynamic ``B``) and returns
 ``scores`` ``[B]`` (raw image scores: the max of each patch score map, which includes the
 patch memory's distance map when the model has one, plus the global Gaussian term when the
-model has one) and ``heatmaps``
-``[B, S, S]`` (raw heatmaps: score maps upsampled and blurred); calibration stays outside
-the graph, in the metadata written beside it, as do the input's mean and std.
+model has one) and ``heatmaps`` ``[B, S, S]`` (raw heatmaps: score maps upsampled and
+blurred); calibration stays outside the graph, in the metadata written beside it, as do the
+input's mean and std.
 
 A metadata JSON file (:data:`METADATA_NAME`) goes with every export: the source artifact's
 SHA-256 and format version, the detector's metadata, and the SHA-256 of every exported

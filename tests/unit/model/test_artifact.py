@@ -164,3 +164,22 @@ def test_gaussian_tensors_without_the_metadata_term_are_refused(lite0, random_de
     _rewrite(path, tensors, metadata_json)
     with pytest.raises(ArtifactError, match=r"unexpected tensor global_gaussian\.mean"):
         load_artifact(path, backbone=lite0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("heads", 10**6, "implies at least"),
+        ("patch_memory", {"center": 1.0, "weight": 1.0, "size": 10**9, "dims": 344}, "bank"),
+        ("global_gaussian", {"center": 1.0, "weight": 1.0, "shrinkage": 0.1, "dims": 10**6},
+         "global_gaussian"),
+    ],
+)
+def test_crafted_sizes_are_refused_without_allocating_them(lite0, tmp_path, field, value, match):
+    path = save_artifact(full_detector(lite0), tmp_path / "model.safetensors")
+    tensors, metadata_json = _contents(path)
+    raw = json.loads(metadata_json)
+    raw[field] = value
+    _rewrite(path, tensors, json.dumps(raw, sort_keys=True))  # a valid checksum over the lie
+    with pytest.raises(ArtifactError, match=match):
+        load_artifact(path, backbone=lite0)
