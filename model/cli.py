@@ -220,6 +220,12 @@ def _run_fit(args: argparse.Namespace) -> int:
         f"(estimated {calibration.estimated_false_alarm_rate:.2%}); "
         f"fit {time.perf_counter() - started:.1f}s"
     )
+    parts = ["SimpleNet"]
+    if meta.patch_memory is not None:
+        parts.append(f"memory bank ({meta.patch_memory.size} patches)")
+    if meta.global_gaussian is not None:
+        parts.append("global Gaussian")
+    print(f"score: {' + '.join(parts)}")
     return 0
 
 

@@ -49,12 +49,15 @@ def test_cli_fit_eval_predict(tmp_path, capsys):
             "--epochs",
             "1",
             "--max-images",
-            "16",
+            "50",
+            "--memory-bank-size",
+            "500",
         ]
     )
     assert code == 0 and artifact.is_file()
     meta = load_artifact(artifact).metadata
-    assert meta.train_image_count + meta.holdout_image_count == 16
+    assert meta.train_image_count + meta.holdout_image_count == 50
+    assert meta.patch_memory is not None and meta.patch_memory.size == 500
     code = cli.main(
         [
             "eval",
@@ -69,6 +72,7 @@ def test_cli_fit_eval_predict(tmp_path, capsys):
         ]
     )
     out = capsys.readouterr().out
+    assert "score: SimpleNet + memory bank (500 patches) + global Gaussian" in out
     assert code == 0 and "image AUROC" in out and "AUPRO" in out
     assert "recall at 1% false alarms" in out and "target false alarm rate" in out
     assert len(list((tmp_path / "ov").glob("*.png"))) == 3
