@@ -1,8 +1,9 @@
 """GPU figures for one CUDA device: model images/s per precision and runtime, JPEG decode.
 
 Prints the device, then images/s of the full detector (EfficientNet-Lite0 at 256 px:
-backbone, folded head, image score, heatmap) on a batch already on the device, at batch
-1/8/32/64, for eager PyTorch in float32 and with bfloat16/float16 autocast, and for ONNX
+backbone, folded head, memory bank, image score with the Gaussian term, heatmap) on a batch
+already on the device, at batch 1/8/32/64, for eager PyTorch in float32 and with
+bfloat16/float16 autocast, and for ONNX
 Runtime's CUDA and TensorRT providers when the installed onnxruntime has them (those
 include the host-to-device copy of the batch); then frames/s of decoding 256 px JPEG
 frames on the GPU (``torchvision.io.decode_jpeg`` on the device) and on the CPU (OpenCV,
@@ -58,10 +59,19 @@ def torch_rows(detector, repeats: int) -> dict[str, list[float]]:
             images = torch.randn(batch, 3, SIZE, SIZE, device="cuda")
 
             def call(images=images, dtype=dtype):
-                with torch.inference_mode(), torch.autocast(
-                        "cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-                    maps = detector.scorer(detector.backbone(images)).float()
-                    return maps.flatten(1).amax(1), detector.heatmaps(maps)
+                with torch.inference_mode():
+                    with torch.autocast("cuda", dtype=dtype or torch.float32,
+                                        enabled=dtype is not None):
+                        layer_maps = detector.backbone(images)
+                        maps = detector.scorer(layer_maps).float()
+                    # the memory bank and the Gaussian term in float32, as the detector does
+                    if detector.patch_memory is not None:
+                        features = detector.aggregator([m.float() for m in layer_maps])
+                        maps = maps + detector.patch_memory(features)
+                    scores = maps.flatten(1).amax(1)
+                    if detector.global_gaussian is not None:
+                        scores = scores + detector.global_gaussian(layer_maps)
+                    return scores, detector.heatmaps(maps)
 
             rows[name].append(rate(call, batch, repeats))
     return rows
