@@ -49,7 +49,7 @@ def greedy_coreset(
         progress: Called with the number of points chosen so far, every 250 points.
 
     Returns:
-        ``[min(size, N)]`` int64 indices into ``features``.
+        ``[min(size, N, candidates)]`` int64 indices into ``features``.
     """
     count = features.shape[0]
     if count <= size:
