@@ -210,7 +210,7 @@ def global_gaussian(runs: Path, name: str, data: Path, sets: dict) -> None:
             maps, masks, kinds = (saved[f"{key}_{part}"] for part in ("maps", "masks", "kinds"))
             simplenet = image_scores(maps)
             if shrink == lw_shrinkage:
-                report(f"{name} {key} simplenet alone", simplenet, maps, masks, kinds)
+                report(f"{name} {key} map max alone", simplenet, maps, masks, kinds)
                 report(f"{name} {key} gaussian alone", distance(checks[key]), maps, masks, kinds)
             summed = simplenet + weight * (distance(checks[key]) - center)
             report(f"{name} {key} sum, shrinkage {label}", summed, maps, masks, kinds)
