@@ -193,28 +193,20 @@ class AnomalyDetector(nn.Module):
                 f"{len(head.members)} heads floored at {head.score_floor} != metadata "
                 f"{metadata.heads} heads with margin {metadata.margin}"
             )
-        term = metadata.global_gaussian
-        if (term is None) != (global_gaussian is None) or (
-            term is not None
-            and global_gaussian is not None
-            and (
-                (term.center, term.weight) != (global_gaussian.center, global_gaussian.weight)
-                or term.dims != sum(backbone.spec.channels)
-                or term.dims != global_gaussian.mean.shape[0]
-            )
-        ):
+        term, memory_term = metadata.global_gaussian, metadata.patch_memory
+        stated = None if term is None else (term.center, term.weight, term.dims)
+        given = None if global_gaussian is None else (
+            global_gaussian.center, global_gaussian.weight, global_gaussian.mean.shape[0]
+        )
+        if stated != given or (term is not None and term.dims != sum(backbone.spec.channels)):
             raise ValueError("the global Gaussian term does not match the metadata's")
-        memory_term = metadata.patch_memory
-        if (memory_term is None) != (patch_memory is None) or (
-            memory_term is not None
-            and patch_memory is not None
-            and (
-                (memory_term.center, memory_term.weight)
-                != (patch_memory.center, patch_memory.weight)
-                or (memory_term.size, memory_term.dims) != tuple(patch_memory.bank.shape)
-                or memory_term.dims != metadata.embed_dim
-            )
-        ):
+        stated = None if memory_term is None else (
+            memory_term.center, memory_term.weight, memory_term.size, memory_term.dims
+        )
+        given = None if patch_memory is None else (
+            patch_memory.center, patch_memory.weight, *patch_memory.bank.shape
+        )
+        if stated != given or (memory_term is not None and memory_term.dims != metadata.embed_dim):
             raise ValueError("the patch memory does not match the metadata's")
         self.backbone = backbone
         self.global_gaussian = global_gaussian

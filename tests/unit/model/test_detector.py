@@ -1,8 +1,11 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from model.detector import (
+    AnomalyDetector,
     gaussian_blur,
     gaussian_kernel1d,
     heatmap_operators,
@@ -10,6 +13,12 @@ from model.detector import (
     upsample_and_blur,
 )
 from model.visualization import heatmap_to_uint8
+from tests.unit.model.conftest import (
+    make_metadata,
+    random_gaussian,
+    random_memory,
+    randomized_head,
+)
 
 
 def test_predict_shapes_and_calibration(random_detector, images):
@@ -75,3 +84,31 @@ def test_images_to_tensor_rejects_bad_input():
         images_to_tensor([np.zeros((64, 64, 3), np.float32)], 64, (0.5,) * 3, (0.5,) * 3)
     gray = images_to_tensor([np.zeros((30, 40), np.uint8)], 64, (0.5,) * 3, (0.5,) * 3)
     assert gray.shape == (1, 3, 64, 64)
+
+
+def test_score_parts_that_disagree_with_the_metadata_are_refused(lite0):
+    gaussian, gaussian_term = random_gaussian()
+    memory, memory_term = random_memory()
+    cases = [
+        (
+            dict(global_gaussian=gaussian_term, patch_memory=memory_term),
+            dict(global_gaussian=gaussian),
+        ),
+        (dict(global_gaussian=gaussian_term), dict(global_gaussian=gaussian, patch_memory=memory)),
+        (dict(global_gaussian=replace(gaussian_term, weight=0.5)), dict(global_gaussian=gaussian)),
+        (dict(patch_memory=replace(memory_term, size=49)), dict(patch_memory=memory)),
+        (dict(), dict(global_gaussian=gaussian)),
+    ]
+    for stated, given in cases:
+        with pytest.raises(ValueError, match="does not match the metadata"):
+            AnomalyDetector(
+                backbone=lite0, head=randomized_head(), metadata=make_metadata(**stated), **given
+            )
+    both = AnomalyDetector(
+        backbone=lite0,
+        head=randomized_head(),
+        metadata=make_metadata(global_gaussian=gaussian_term, patch_memory=memory_term),
+        global_gaussian=gaussian,
+        patch_memory=memory,
+    )
+    assert both.global_gaussian is gaussian and both.patch_memory is memory
