@@ -95,7 +95,6 @@ class PatchMemory(nn.Module):
             raise ValueError(f"center {center} and weight {weight} must be finite, weight > 0")
         bank = bank.detach().float().contiguous()
         self.register_buffer("bank", bank)
-        self.register_buffer("bank_t", bank.T.contiguous(), persistent=False)
         self.register_buffer("bank_norms", torch.sum(bank * bank, dim=1), persistent=False)
         self.center = float(center)
         self.weight = float(weight)
@@ -110,7 +109,7 @@ class PatchMemory(nn.Module):
         patches = features.flatten(2).transpose(1, 2).reshape(-1, dims).float()
         squared = (
             torch.sum(patches * patches, dim=1, keepdim=True)
-            - 2.0 * torch.matmul(patches, self.bank_t)
+            - 2.0 * torch.matmul(patches, self.bank.T)
             + self.bank_norms
         )
         nearest = torch.amin(squared, dim=1)
