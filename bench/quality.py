@@ -55,11 +55,17 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=None, help="override (default: FitConfig)")
     parser.add_argument("--local-anomaly-share", type=float, default=None, help="override")
     parser.add_argument("--image-size", type=int, default=None, help="override")
+    parser.add_argument("--memory-bank-size", type=int, default=None, help="override (0: none)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device of the fit and the checks (default: cuda when available, else cpu)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    names = ("heads", "local_anomaly_share", "image_size")
+    names = ("heads", "local_anomaly_share", "image_size", "memory_bank_size")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    config = FitConfig(seed=args.seed, **overrides)
+    config = FitConfig(seed=args.seed, device=args.device, **overrides)
     images = read_images(list_images(args.data / "train" / "good"))
     samples = list_test_samples(args.data)
     print(f"data {args.data}: {len(images)} good training images, {len(samples)} test images")
