@@ -15,6 +15,7 @@ recall at 0.1 / 1 / 5 % false alarms and the false-alarm rate the calibrated thr
 actually gives on the unseen good tiles.
 
     python bench/quality.py [--data ../shared/data/mtd] [--overlays runs/quality] [--seed N]
+        [--heads K] [--image-size S] [--memory-bank-size N] [--device cuda]
 """
 
 from __future__ import annotations
