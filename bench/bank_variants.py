@@ -177,8 +177,13 @@ def main() -> None:
     bench = Bench(args.runs / f"{args.run}.safetensors", args.data)
     same: Transform = lambda f: f.float()  # noqa: E731
     base = bench.patches(same)
+
+    def seeded_subset(count: int) -> torch.Tensor:
+        return base[torch.randperm(len(base), generator=torch.Generator().manual_seed(0))[:count]]
+
+    # the position's scale: median distance of held-out patches to a random 4000-patch bank
     spread = float(
-        PatchMemory(base[torch.randperm(len(base))[:BANK_SIZE]], center=0.0, weight=1.0)
+        PatchMemory(seeded_subset(BANK_SIZE), center=0.0, weight=1.0)
         .distances(bench.holdout[0][:16].float())
         .median()
     )
@@ -190,7 +195,7 @@ def main() -> None:
     balance = torch.cat(
         [torch.full((b - a,), 1.0 / n) for (a, b), n in zip(LAYER_BLOCKS, norms, strict=True)]
     )
-    sample = base[torch.randperm(len(base), generator=torch.Generator().manual_seed(0))[:50_000]]
+    sample = seeded_subset(50_000)
     mean, covariance, _ = ledoit_wolf(sample.double().numpy())
     values, vectors = np.linalg.eigh(covariance)
     whitening = torch.from_numpy(vectors / np.sqrt(values)).float()
