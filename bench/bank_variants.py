@@ -49,6 +49,7 @@ Transform = Callable[[torch.Tensor], torch.Tensor]  # [B, D, h, w] -> [B, D', h,
 
 
 def image_max(maps: np.ndarray) -> np.ndarray:
+    """Image score as the product's: the max of the patch map."""
     return maps.reshape(len(maps), -1).max(axis=1)
 
 
@@ -135,20 +136,23 @@ class Bench:
         return result
 
 
-def blurred_max(maps: np.ndarray, sigma: float) -> np.ndarray:
-    heat = upsample_and_blur(torch.from_numpy(maps).float(), (256, 256), sigma)
+def blurred_max(maps: np.ndarray, sigma: float, size: int) -> np.ndarray:
+    """Image score: the max of the heatmap at the model's input size."""
+    heat = upsample_and_blur(torch.from_numpy(maps).float(), (size, size), sigma)
     return heat.flatten(1).amax(1).double().numpy()
 
 
 def top_mean(maps: np.ndarray, count: int) -> np.ndarray:
+    """Image score: the mean of the ``count`` highest patches."""
     return np.sort(maps.reshape(len(maps), -1), axis=1)[:, -count:].mean(axis=1)
 
 
 def score_and_blur_rows(bench: Bench, reference: dict) -> None:
     """Other image scores and heatmap blurs on the reference bank's maps (no refit)."""
+    size = bench.detector.metadata.image_size
     scores: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "blurred max sigma 4": lambda m: blurred_max(m, 4.0),
-        "blurred max sigma 8": lambda m: blurred_max(m, 8.0),
+        "blurred max sigma 4": lambda m: blurred_max(m, 4.0, size),
+        "blurred max sigma 8": lambda m: blurred_max(m, 8.0, size),
         "top-4 mean": lambda m: top_mean(m, 4),
         "top-16 mean": lambda m: top_mean(m, 16),
     }
