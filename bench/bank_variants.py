@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from variants import DEFAULT_DATA, check_sets, report
+from variants import DEFAULT_DATA, check_sets, image_scores, report, resized_masks
 
 from model.artifact import load_artifact
 from model.calibration import matching_scale
 from model.data import list_images, read_images
 from model.detector import upsample_and_blur
-from model.evaluation import _resize_mask, aupro, auroc
+from model.evaluation import aupro, auroc
 from model.global_gaussian import GlobalGaussian, global_pool, ledoit_wolf
 from model.patch_memory import PatchMemory, greedy_coreset
 from model.trainer import split_holdout
@@ -46,11 +46,6 @@ BANK_SIZE = 4000
 LAYER_BLOCKS = ((0, 40), (40, 152), (152, 344))  # Lite0 blocks 4 / 10 / 14, concatenated
 Parts = tuple[torch.Tensor, np.ndarray, torch.Tensor]  # patch features, SimpleNet maps, pooled
 Transform = Callable[[torch.Tensor], torch.Tensor]  # [B, D, h, w] -> [B, D', h, w]
-
-
-def image_max(maps: np.ndarray) -> np.ndarray:
-    """Image score as the product's: the max of the patch map."""
-    return maps.reshape(len(maps), -1).max(axis=1)
 
 
 class Bench:
@@ -64,15 +59,7 @@ class Bench:
         self.sets = check_sets(data)
         size = self.detector.metadata.image_size
         self.masks = {
-            key: (
-                np.stack(
-                    [
-                        np.zeros((size, size), bool) if m is None else _resize_mask(m, size)
-                        for m in masks
-                    ]
-                ),
-                np.array(kinds),
-            )
+            key: (resized_masks(masks, size), np.array(kinds))
             for key, (_, masks, kinds) in self.sets.items()
         }
         self.train = self.parts(self.fit_images)
@@ -111,10 +98,10 @@ class Bench:
             parts = [memory.distances(transform(features[s : s + 16])) for s in chunks]
             return torch.cat(parts).double().numpy()
 
-        held_maps = self.holdout[1]
-        center, weight = matching_scale(image_max(held_maps), image_max(distances(self.holdout[0])))
-        held = held_maps + weight * (distances(self.holdout[0]) - center)
-        g_center, g_weight = matching_scale(image_max(held), self.mahalanobis(self.holdout[2]))
+        held_maps, held_distances = self.holdout[1], distances(self.holdout[0])
+        center, weight = matching_scale(image_scores(held_maps), image_scores(held_distances))
+        held = held_maps + weight * (held_distances - center)
+        g_center, g_weight = matching_scale(image_scores(held), self.mahalanobis(self.holdout[2]))
         result = {}
         for key, (features, maps, pooled) in self.checks.items():
             summed = maps + weight * (distances(features) - center)
@@ -130,8 +117,9 @@ class Bench:
         started = time.perf_counter()
         result = self.summed_maps(candidates, transform)
         for key, (summed, term) in result.items():
-            report(f"{label} {key} sum", image_max(summed), summed, *self.masks[key])
-            report(f"{label} {key} sum+gauss", image_max(summed) + term, summed, *self.masks[key])
+            scores = image_scores(summed)
+            report(f"{label} {key} sum", scores, summed, *self.masks[key])
+            report(f"{label} {key} sum+gauss", scores + term, summed, *self.masks[key])
         print(f"({label}: {time.perf_counter() - started:.0f} s)", flush=True)
         return result
 
@@ -238,7 +226,7 @@ def main() -> None:
     }
     chosen = args.only.split(",") if args.only else list(variants)
     for key, (_, maps, _) in bench.checks.items():
-        report(f"simplenet alone {key}", image_max(maps), maps, *bench.masks[key])
+        report(f"simplenet alone {key}", image_scores(maps), maps, *bench.masks[key])
     for label in chosen:
         candidates, transform = variants[label]()
         result = bench.report_variant(label, candidates, transform)

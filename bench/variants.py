@@ -100,6 +100,12 @@ def check_sets(data: Path) -> dict[str, tuple[list[np.ndarray], list, list[str]]
     }
 
 
+def resized_masks(masks: list, size: int) -> np.ndarray:
+    """``[N, size, size]`` bool masks at the model's input size (None: an empty mask)."""
+    empty = np.zeros((size, size), bool)
+    return np.stack([empty if m is None else _resize_mask(m, size) for m in masks])
+
+
 @torch.inference_mode()
 def score_sets(detector: AnomalyDetector, sets: dict, path: Path) -> None:
     """Saves raw score maps, resized masks and kinds of every check to ``path`` (npz)."""
@@ -110,11 +116,8 @@ def score_sets(detector: AnomalyDetector, sets: dict, path: Path) -> None:
             detector.score_maps(detector.preprocess(images[start : start + 16])).numpy()
             for start in range(0, len(images), 16)
         ]
-        empty = np.zeros((size, size), bool)
         arrays[f"{key}_maps"] = np.concatenate(maps)
-        arrays[f"{key}_masks"] = np.stack(
-            [empty if m is None else _resize_mask(m, size) for m in masks]
-        )
+        arrays[f"{key}_masks"] = resized_masks(masks, size)
         arrays[f"{key}_kinds"] = np.array(kinds)
     np.savez_compressed(path, **arrays)
 
