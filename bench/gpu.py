@@ -59,18 +59,9 @@ def torch_rows(detector, repeats: int) -> dict[str, list[float]]:
             images = torch.randn(batch, 3, SIZE, SIZE, device="cuda")
 
             def call(images=images, dtype=dtype):
+                # the detector's own path: its memory bank and Gaussian term run in float32
                 with torch.inference_mode():
-                    with torch.autocast("cuda", dtype=dtype or torch.float32,
-                                        enabled=dtype is not None):
-                        layer_maps = detector.backbone(images)
-                        maps = detector.scorer(layer_maps).float()
-                    # the memory bank and the Gaussian term in float32, as the detector does
-                    if detector.patch_memory is not None:
-                        features = detector.aggregator([m.float() for m in layer_maps])
-                        maps = maps + detector.patch_memory(features)
-                    scores = maps.flatten(1).amax(1)
-                    if detector.global_gaussian is not None:
-                        scores = scores + detector.global_gaussian(layer_maps)
+                    maps, scores = detector.score(images, cuda_dtype=dtype or torch.float32)
                     return scores, detector.heatmaps(maps)
 
             rows[name].append(rate(call, batch, repeats))

@@ -232,16 +232,23 @@ class AnomalyDetector(nn.Module):
         return batch.to(self.device, non_blocking=True)
 
     def backbone_and_score_maps(
-        self, batch: torch.Tensor
+        self, batch: torch.Tensor, *, cuda_dtype: torch.dtype | None = None
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Backbone maps and float32 patch score maps ``[B, h, w]`` of a normalised batch.
 
         The score map is the folded SimpleNet map plus, when the model has one, the patch
         memory's distance map. On CUDA the backbone and the folded head run under autocast
         (bfloat16, or float16 without bfloat16 support); the distances always in float32.
+
+        Args:
+            batch: ``[B, 3, S, S]`` normalised images on the detector's device.
+            cuda_dtype: On CUDA, the autocast dtype instead of the default one;
+                ``torch.float32`` runs without autocast. Ignored on the CPU.
         """
-        if batch.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if batch.device.type == "cuda" and cuda_dtype != torch.float32:
+            dtype = cuda_dtype or (
+                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            )
             with torch.autocast("cuda", dtype=dtype):
                 layer_maps = self.backbone(batch)
                 maps = self.scorer(layer_maps)
@@ -254,13 +261,15 @@ class AnomalyDetector(nn.Module):
             maps = maps + self.patch_memory(features)
         return layer_maps, maps
 
-    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(
+        self, batch: torch.Tensor, *, cuda_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw patch score maps ``[B, h, w]`` and image scores ``[B]`` of a normalised batch.
 
         The image score is the map's max plus, when the model has one, the global Gaussian
-        term (computed in float32).
+        term (computed in float32). ``cuda_dtype``: as :meth:`backbone_and_score_maps`.
         """
-        layer_maps, maps = self.backbone_and_score_maps(batch)
+        layer_maps, maps = self.backbone_and_score_maps(batch, cuda_dtype=cuda_dtype)
         scores = maps.flatten(1).amax(dim=1)
         if self.global_gaussian is not None:
             scores = scores + self.global_gaussian(layer_maps)

@@ -14,6 +14,7 @@ from model.detector import (
 )
 from model.visualization import heatmap_to_uint8
 from tests.unit.model.conftest import (
+    full_detector,
     make_metadata,
     random_gaussian,
     random_memory,
@@ -112,3 +113,17 @@ def test_score_parts_that_disagree_with_the_metadata_are_refused(lite0):
         patch_memory=memory,
     )
     assert both.global_gaussian is gaussian and both.patch_memory is memory
+
+
+def test_cuda_dtype_is_ignored_on_the_cpu(lite0, images):
+    """The autocast choice (``bench/gpu.py``'s precisions) applies on CUDA only: a CPU batch
+    scores the same whatever is asked."""
+    detector = full_detector(lite0)
+    batch = detector.preprocess(images)
+    with torch.inference_mode():
+        maps, scores = detector.score(batch)
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            other_maps, other_scores = detector.score(batch, cuda_dtype=dtype)
+            assert other_maps.dtype == torch.float32
+            torch.testing.assert_close(other_maps, maps, rtol=0, atol=0)
+            torch.testing.assert_close(other_scores, scores, rtol=0, atol=0)
