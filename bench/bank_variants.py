@@ -5,7 +5,8 @@ seed 0 in the note's table). For each variant it builds the memory bank as the p
 does (greedy coreset of 4000 training patches, distance scaled on the held-out good
 images, added to the SimpleNet map), optionally with the global Gaussian term on top
 (held-out scaled, as the product), and prints the same two checks as ``bench/variants.py``.
-Only the bank's feature space changes between variants; the product has none of them.
+Only the bank's feature space, the summed map's normalisation or the image-level Gaussian
+changes between variants; the product has none of them.
 
 Variants (``--only`` picks some):
     all            the product's bank: every layer, Euclidean (reference)
@@ -15,15 +16,30 @@ Variants (``--only`` picks some):
     flip           training patches of horizontally flipped images added to the candidates
     balanced       each layer's block divided by its mean patch norm (equal layer weight)
     whitened       features whitened by the training patches' Ledoit-Wolf covariance
+    knn3           distance = mean of the 3 nearest bank patches (not the nearest one)
+    tta            test-time flip: SimpleNet and bank maps averaged with those of the
+                   mirrored image (twice the scoring cost)
+    res320, res384, res384b9k   the bank on features of 320 / 384 px input (4000 / 9000
+                   patches), SimpleNet and the Gaussian term at the model's own size; the
+                   SimpleNet map is upsampled to the bank's finer grid before the sum
+    rings          the summed map normalised per ring of patches (distance to the nearest
+                   edge) by the held-out good maps' median and 99th percentile
+    glevels        the global Gaussian on the pooled outputs of Lite0's six stage ends
+                   (blocks 0, 2, 4, 7, 10, 14; 464 dimensions) instead of the three layers
+    glevels-sum    one Gaussian per stage end, distances summed (as Rippel et al., ICPR 2020)
 and, on the reference ``all`` maps: image score as the max of the blurred heatmap (sigma
-4 / 8) and as the mean of the top 4 / 16 patches; pixel metrics at heatmap sigma 2-8.
+4 / 8), as the mean of the top 4 / 16 patches and as the max without the outer ring of
+patches; pixel metrics at heatmap sigma 2-8.
 
     python bench/variants.py d2s0 --heads 2 && python bench/bank_variants.py d2s0
+    python bench/variants.py nb335 --heads 2 --neighbourhood 3,3,5 \
+        && python bench/bank_variants.py nb335 --neighbourhood 3,3,5 --only all
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -31,19 +47,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from variants import DEFAULT_DATA, check_sets, image_scores, report, resized_masks
+import torch.nn.functional as F  # noqa: N812
+from variants import (
+    DEFAULT_DATA,
+    check_sets,
+    image_scores,
+    patch_neighbourhood,
+    report,
+    resized_masks,
+)
 
 from model.artifact import load_artifact
+from model.backbones import BACKBONE_SPECS
 from model.calibration import matching_scale
 from model.data import list_images, read_images
-from model.detector import upsample_and_blur
+from model.detector import images_to_tensor, upsample_and_blur
 from model.evaluation import aupro, auroc
+from model.features import neighbourhood_mean
 from model.global_gaussian import GlobalGaussian, global_pool, ledoit_wolf
 from model.patch_memory import PatchMemory, greedy_coreset
 from model.trainer import split_holdout
 
 BANK_SIZE = 4000
 LAYER_BLOCKS = ((0, 40), (40, 152), (152, 344))  # Lite0 blocks 4 / 10 / 14, concatenated
+POOLED = 344  # the product's pooled columns; the stage ends' pooled maps follow them
+STAGE_ENDS = (0, 2, 4, 7, 10, 14)  # Lite0's last block of each stage the trunk computes
 Parts = tuple[torch.Tensor, np.ndarray, torch.Tensor]  # patch features, SimpleNet maps, pooled
 Transform = Callable[[torch.Tensor], torch.Tensor]  # [B, D, h, w] -> [B, D', h, w]
 
@@ -51,8 +79,19 @@ Transform = Callable[[torch.Tensor], torch.Tensor]  # [B, D, h, w] -> [B, D', h,
 class Bench:
     """The cached features of one saved run: training, held-out and both checks."""
 
-    def __init__(self, run: Path, data: Path) -> None:
+    def __init__(self, run: Path, data: Path, *, own_bank_pooling: bool = False) -> None:
         self.detector = load_artifact(run)
+        if own_bank_pooling:  # the run's SimpleNet pools otherwise; the bank as the product's
+            self.detector.aggregator.pooled_layers = lambda maps: [
+                neighbourhood_mean(m) for m in maps
+            ]
+        self.stage_means: list[torch.Tensor] = []
+        for index in STAGE_ENDS:  # pooled stage outputs, for the per-level Gaussians
+            self.detector.backbone._blocks[index].register_forward_hook(
+                lambda module, inputs, output: self.stage_means.append(
+                    output.float().mean(dim=(2, 3))
+                )
+            )
         images = read_images(list_images(data / "train" / "good"))
         fit_index, holdout_index = split_holdout(len(images), 0.2, 2, 0)
         self.fit_images = [images[i] for i in fit_index]
@@ -63,9 +102,11 @@ class Bench:
             for key, (_, masks, kinds) in self.sets.items()
         }
         self.train = self.parts(self.fit_images)
-        self.holdout = self.parts([images[i] for i in holdout_index])
+        self.holdout_images = [images[i] for i in holdout_index]
+        self.holdout = self.parts(self.holdout_images)
         self.checks = {key: self.parts(images) for key, (images, _, _) in self.sets.items()}
-        self.gaussian, _ = GlobalGaussian.fit(self.train[2])
+        self.gaussian, _ = GlobalGaussian.fit(self.train[2][:, :POOLED])
+        self.level_dims = [int(m.shape[1]) for m in self.stage_means[-len(STAGE_ENDS) :]]
 
     @torch.inference_mode()
     def parts(self, images: list[np.ndarray], flip: bool = False) -> Parts:
@@ -75,53 +116,185 @@ class Bench:
             batch = self.detector.preprocess(images[start : start + 16])
             if flip:
                 batch = batch.flip(-1)
+            self.stage_means.clear()
             layer_maps, score_maps = self.detector.backbone_and_score_maps(batch)
             features.append(self.detector.aggregator([m.float() for m in layer_maps]).half())
             maps.append(score_maps)
-            pooled.append(global_pool(layer_maps))
+            pooled.append(torch.cat([global_pool(layer_maps), *self.stage_means], dim=1))
         return torch.cat(features), torch.cat(maps).double().numpy(), torch.cat(pooled)
+
+    @torch.inference_mode()
+    def features_at(self, images: list[np.ndarray], size: int) -> torch.Tensor:
+        """Patch features (float16) of ``images`` resized to ``size`` px (bank only)."""
+        spec = BACKBONE_SPECS[self.detector.metadata.backbone]
+        features = []
+        for start in range(0, len(images), 16):
+            batch = images_to_tensor(images[start : start + 16], size, spec.mean, spec.std)
+            layer_maps = self.detector.backbone(batch)
+            features.append(self.detector.aggregator([m.float() for m in layer_maps]).half())
+        return torch.cat(features)
+
+    def finer_bank(self, size: int, bank_size: int) -> dict[str, tuple]:
+        """The bank on features of ``size`` px input; SimpleNet and the Gaussian stay at theirs."""
+        candidates = self.patches(lambda f: f.float(), self.features_at(self.fit_images, size))
+        distances = self.bank_distances(candidates, lambda f: f.float(), bank_size=bank_size)
+        held = (self.holdout[1], distances(self.features_at(self.holdout_images, size)))
+        checks = {
+            key: (self.checks[key][1], distances(self.features_at(images, size)))
+            for key, (images, _, _) in self.sets.items()
+        }
+        return self.combine(held, checks)
+
+    def flip_averaged(self, candidates: torch.Tensor) -> dict[str, tuple]:
+        """Test-time augmentation: SimpleNet and bank maps averaged with the mirrored image's."""
+        distances = self.bank_distances(candidates, lambda f: f.float())
+
+        def averaged(parts: Parts, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            features, maps, _ = self.parts(images, flip=True)
+            return (
+                0.5 * (parts[1] + maps[..., ::-1]),
+                0.5 * (distances(parts[0]) + distances(features)[..., ::-1]),
+            )
+
+        held = averaged(self.holdout, self.holdout_images)
+        checks = {key: averaged(self.checks[key], self.sets[key][0]) for key in self.checks}
+        return self.combine(held, checks)
 
     def patches(self, transform: Transform, features: torch.Tensor | None = None) -> torch.Tensor:
         """Training patches ``[N, D']`` in a variant's feature space."""
         mapped = transform(self.train[0] if features is None else features)
         return mapped.permute(0, 2, 3, 1).reshape(-1, mapped.shape[1])
 
-    def summed_maps(self, candidates: torch.Tensor, transform: Transform) -> dict[str, tuple]:
+    def summed_maps(
+        self,
+        candidates: torch.Tensor,
+        transform: Transform,
+        *,
+        neighbours: int = 1,
+        rings: bool = False,
+        gaussian: Callable[[torch.Tensor], np.ndarray] | None = None,
+    ) -> dict[str, tuple]:
         """Per check: SimpleNet + scaled bank map, and the held-out-scaled Gaussian term."""
+        distances = self.bank_distances(candidates, transform, neighbours=neighbours)
+        held = (self.holdout[1], distances(self.holdout[0]))
+        checks = {
+            key: (maps, distances(features)) for key, (features, maps, _) in self.checks.items()
+        }
+        return self.combine(held, checks, rings=rings, gaussian=gaussian)
+
+    def bank_distances(
+        self,
+        candidates: torch.Tensor,
+        transform: Transform,
+        *,
+        neighbours: int = 1,
+        bank_size: int = BANK_SIZE,
+    ) -> Callable[[torch.Tensor], np.ndarray]:
+        """Distance maps to a coreset bank of ``candidates`` (mean of the nearest few)."""
         memory = PatchMemory(
-            candidates[greedy_coreset(candidates, BANK_SIZE, seed=0)], center=0.0, weight=1.0
+            candidates[greedy_coreset(candidates, bank_size, seed=0)], center=0.0, weight=1.0
         )
+
+        def one(features: torch.Tensor) -> torch.Tensor:
+            if neighbours == 1:
+                return memory.distances(features)
+            batch, dims, height, width = features.shape
+            patches = features.flatten(2).transpose(1, 2).reshape(-1, dims)
+            nearest = torch.cdist(patches, memory.bank).topk(neighbours, largest=False).values
+            return nearest.mean(dim=1).reshape(batch, height, width)
 
         @torch.inference_mode()
         def distances(features: torch.Tensor) -> np.ndarray:
             chunks = range(0, len(features), 16)
-            parts = [memory.distances(transform(features[s : s + 16])) for s in chunks]
-            return torch.cat(parts).double().numpy()
+            return (
+                torch.cat([one(transform(features[s : s + 16])) for s in chunks]).double().numpy()
+            )
 
-        held_maps, held_distances = self.holdout[1], distances(self.holdout[0])
-        center, weight = matching_scale(image_scores(held_maps), image_scores(held_distances))
-        held = held_maps + weight * (held_distances - center)
-        g_center, g_weight = matching_scale(image_scores(held), self.mahalanobis(self.holdout[2]))
+        return distances
+
+    def combine(
+        self,
+        held: tuple,
+        checks: dict[str, tuple],
+        *,
+        rings: bool = False,
+        gaussian: Callable[[torch.Tensor], np.ndarray] | None = None,
+    ) -> dict[str, tuple]:
+        """Sums SimpleNet and bank maps, both scaled on the held-out images, plus the Gaussian.
+
+        Args:
+            held: held-out (SimpleNet maps, bank distance maps).
+            checks: per check, the same pair; a bank grid finer than SimpleNet's gets the
+                SimpleNet map bilinearly upsampled to it.
+            rings: normalise the summed map per ring of patches (distance to the nearest
+                edge): minus the ring's held-out median, over its 99th percentile - median.
+            gaussian: unscaled image-level distances of pooled features (default: the
+                product's global Gaussian).
+        """
+        gaussian = gaussian or self.mahalanobis
+        center, weight = matching_scale(image_scores(held[0]), image_scores(held[1]))
+        held_sum = on_grid(held[0], held[1]) + weight * (held[1] - center)
+        normalise = ring_normaliser(held_sum) if rings else (lambda maps: maps)
+        held_sum = normalise(held_sum)
+        g_center, g_weight = matching_scale(image_scores(held_sum), gaussian(self.holdout[2]))
         result = {}
-        for key, (features, maps, pooled) in self.checks.items():
-            summed = maps + weight * (distances(features) - center)
-            result[key] = (summed, g_weight * (self.mahalanobis(pooled) - g_center))
+        for key, (maps, distances) in checks.items():
+            summed = normalise(on_grid(maps, distances) + weight * (distances - center))
+            term = g_weight * (gaussian(self.checks[key][2]) - g_center)
+            result[key] = (summed, term)
         return result
 
     def mahalanobis(self, pooled: torch.Tensor) -> np.ndarray:
-        """Unscaled global Gaussian distances."""
-        return self.gaussian.distances(pooled).double().numpy()
+        """Unscaled global Gaussian distances (the product's term)."""
+        return self.gaussian.distances(pooled[:, :POOLED]).double().numpy()
 
-    def report_variant(self, label: str, candidates: torch.Tensor, transform: Transform) -> dict:
+    def level_gaussian(self, per_level: bool) -> Callable[[torch.Tensor], np.ndarray]:
+        """A Gaussian on the pooled stage outputs: one on all, or one per stage, summed."""
+        bounds = np.cumsum([POOLED, *self.level_dims])
+        slices = list(itertools.pairwise(int(b) for b in bounds))
+        groups = slices if per_level else [(slices[0][0], slices[-1][1])]
+        fitted = [GlobalGaussian.fit(self.train[2][:, a:b])[0] for a, b in groups]
+
+        def distances(pooled: torch.Tensor) -> np.ndarray:
+            total = sum(
+                g.distances(pooled[:, a:b]) for g, (a, b) in zip(fitted, groups, strict=True)
+            )
+            return total.double().numpy()
+
+        return distances
+
+    def report_variant(self, label: str, make: Callable[[], dict]) -> dict:
         """Prints one variant's rows; returns its summed maps and Gaussian terms."""
         started = time.perf_counter()
-        result = self.summed_maps(candidates, transform)
+        result = make()
         for key, (summed, term) in result.items():
             scores = image_scores(summed)
             report(f"{label} {key} sum", scores, summed, *self.masks[key])
             report(f"{label} {key} sum+gauss", scores + term, summed, *self.masks[key])
         print(f"({label}: {time.perf_counter() - started:.0f} s)", flush=True)
         return result
+
+
+def ring_normaliser(held: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-ring normalisation of maps like ``held`` from the held-out good maps' quantiles."""
+    height, width = held.shape[-2:]
+    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
+    ring = np.minimum(np.minimum(rows, height - 1 - rows), np.minimum(cols, width - 1 - cols))
+    median, top = np.zeros(ring.shape), np.ones(ring.shape)
+    for index in np.unique(ring):
+        values = held[:, ring == index]
+        low, high = np.quantile(values, [0.5, 0.99])
+        median[ring == index], top[ring == index] = low, high
+    return lambda maps: (maps - median) / (top - median)
+
+
+def on_grid(maps: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``maps`` bilinearly resized to ``like``'s grid (unchanged when they agree)."""
+    if maps.shape[-2:] == like.shape[-2:]:
+        return maps
+    tensor = torch.from_numpy(np.ascontiguousarray(maps))[:, None]
+    resized = F.interpolate(tensor, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    return resized[:, 0].numpy()
 
 
 def blurred_max(maps: np.ndarray, sigma: float, size: int) -> np.ndarray:
@@ -143,6 +316,7 @@ def score_and_blur_rows(bench: Bench, reference: dict) -> None:
         "blurred max sigma 8": lambda m: blurred_max(m, 8.0, size),
         "top-4 mean": lambda m: top_mean(m, 4),
         "top-16 mean": lambda m: top_mean(m, 16),
+        "max without the outer ring": lambda m: image_scores(m[:, 1:-1, 1:-1]),
     }
     for label, score in scores.items():
         for key, (summed, _) in reference.items():
@@ -164,9 +338,19 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--runs", type=Path, default=Path("runs/variants"))
     parser.add_argument("--only", default=None, help="comma-separated variants")
+    parser.add_argument(
+        "--neighbourhood",
+        default=None,
+        help="the run's SimpleNet neighbourhood per layer (bench/variants.py's, e.g. 3,3,5); "
+        "the bank keeps the product's 3x3",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    bench = Bench(args.runs / f"{args.run}.safetensors", args.data)
+    if args.neighbourhood:
+        patch_neighbourhood(tuple(int(k) for k in args.neighbourhood.split(",")))
+    bench = Bench(
+        args.runs / f"{args.run}.safetensors", args.data, own_bank_pooling=bool(args.neighbourhood)
+    )
     same: Transform = lambda f: f.float()  # noqa: E731
     base = bench.patches(same)
 
@@ -203,33 +387,42 @@ def main() -> None:
         x = (f.float().permute(0, 2, 3, 1) - shift) @ whitening
         return x.permute(0, 3, 1, 2)
 
-    variants: dict[str, Callable[[], tuple[torch.Tensor, Transform]]] = {
-        "all": lambda: (base, same),
-        "b4b10": lambda: (base[:, :152], sliced(0, 152)),
-        "b4": lambda: (base[:, :40], sliced(0, 40)),
-        "b10b14": lambda: (base[:, 40:], sliced(40, 344)),
+    def bank(candidates: torch.Tensor, transform: Transform) -> Callable[[], dict]:
+        return lambda: bench.summed_maps(candidates, transform)
+
+    variants: dict[str, Callable[[], dict]] = {
+        "all": bank(base, same),
+        "b4b10": bank(base[:, :152], sliced(0, 152)),
+        "b4": bank(base[:, :40], sliced(0, 40)),
+        "b10b14": bank(base[:, 40:], sliced(40, 344)),
         **{
             f"pos{fraction:g}": (
-                lambda fraction=fraction: (
-                    bench.patches(positioned(fraction * spread)),
-                    positioned(fraction * spread),
+                lambda fraction=fraction: bench.summed_maps(
+                    bench.patches(positioned(fraction * spread)), positioned(fraction * spread)
                 )
             )
             for fraction in (0.5, 1.0, 2.0)
         },
-        "flip": lambda: (
+        "flip": lambda: bench.summed_maps(
             torch.cat([base, bench.patches(same, bench.parts(bench.fit_images, flip=True)[0])]),
             same,
         ),
-        "balanced": lambda: (base * balance, lambda f: f.float() * balance.view(1, -1, 1, 1)),
-        "whitened": lambda: ((base - shift) @ whitening, whitened),
+        "balanced": bank(base * balance, lambda f: f.float() * balance.view(1, -1, 1, 1)),
+        "whitened": bank((base - shift) @ whitening, whitened),
+        "glevels": lambda: bench.summed_maps(base, same, gaussian=bench.level_gaussian(False)),
+        "glevels-sum": lambda: bench.summed_maps(base, same, gaussian=bench.level_gaussian(True)),
+        "rings": lambda: bench.summed_maps(base, same, rings=True),
+        "knn3": lambda: bench.summed_maps(base, same, neighbours=3),
+        "tta": lambda: bench.flip_averaged(base),
+        "res320": lambda: bench.finer_bank(320, BANK_SIZE),
+        "res384": lambda: bench.finer_bank(384, BANK_SIZE),
+        "res384b9k": lambda: bench.finer_bank(384, 9000),
     }
     chosen = args.only.split(",") if args.only else list(variants)
     for key, (_, maps, _) in bench.checks.items():
         report(f"simplenet alone {key}", image_scores(maps), maps, *bench.masks[key])
     for label in chosen:
-        candidates, transform = variants[label]()
-        result = bench.report_variant(label, candidates, transform)
+        result = bench.report_variant(label, variants[label])
         if label == "all":
             score_and_blur_rows(bench, result)
 
