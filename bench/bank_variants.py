@@ -27,6 +27,7 @@ Variants (``--only`` picks some):
     glevels        the global Gaussian on the pooled outputs of Lite0's six stage ends
                    (blocks 0, 2, 4, 7, 10, 14; 464 dimensions) instead of the three layers
     glevels-sum    one Gaussian per stage end, distances summed (as Rippel et al., ICPR 2020)
+    pmax           the patch-wise max of the SimpleNet map and the scaled bank map, not the sum
 and, on the reference ``all`` maps: image score as the max of the blurred heatmap (sigma
 4 / 8), as the mean of the top 4 / 16 patches and as the max without the outer ring of
 patches; pixel metrics at heatmap sigma 2-8.
@@ -173,6 +174,7 @@ class Bench:
         neighbours: int = 1,
         rings: bool = False,
         gaussian: Callable[[torch.Tensor], np.ndarray] | None = None,
+        fuse: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.add,
     ) -> dict[str, tuple]:
         """Per check: SimpleNet + scaled bank map, and the held-out-scaled Gaussian term."""
         distances = self.bank_distances(candidates, transform, neighbours=neighbours)
@@ -180,7 +182,7 @@ class Bench:
         checks = {
             key: (maps, distances(features)) for key, (features, maps, _) in self.checks.items()
         }
-        return self.combine(held, checks, rings=rings, gaussian=gaussian)
+        return self.combine(held, checks, rings=rings, gaussian=gaussian, fuse=fuse)
 
     def bank_distances(
         self,
@@ -219,6 +221,7 @@ class Bench:
         *,
         rings: bool = False,
         gaussian: Callable[[torch.Tensor], np.ndarray] | None = None,
+        fuse: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.add,
     ) -> dict[str, tuple]:
         """Sums SimpleNet and bank maps, both scaled on the held-out images, plus the Gaussian.
 
@@ -230,16 +233,17 @@ class Bench:
                 edge): minus the ring's held-out median, over its 99th percentile - median.
             gaussian: unscaled image-level distances of pooled features (default: the
                 product's global Gaussian).
+            fuse: how the SimpleNet map and the scaled bank map make one (default: sum).
         """
         gaussian = gaussian or self.mahalanobis
         center, weight = matching_scale(image_scores(held[0]), image_scores(held[1]))
-        held_sum = on_grid(held[0], held[1]) + weight * (held[1] - center)
+        held_sum = fuse(on_grid(held[0], held[1]), weight * (held[1] - center))
         normalise = ring_normaliser(held_sum) if rings else (lambda maps: maps)
         held_sum = normalise(held_sum)
         g_center, g_weight = matching_scale(image_scores(held_sum), gaussian(self.holdout[2]))
         result = {}
         for key, (maps, distances) in checks.items():
-            summed = normalise(on_grid(maps, distances) + weight * (distances - center))
+            summed = normalise(fuse(on_grid(maps, distances), weight * (distances - center)))
             term = g_weight * (gaussian(self.checks[key][2]) - g_center)
             result[key] = (summed, term)
         return result
@@ -411,6 +415,7 @@ def main() -> None:
         "whitened": bank((base - shift) @ whitening, whitened),
         "glevels": lambda: bench.summed_maps(base, same, gaussian=bench.level_gaussian(False)),
         "glevels-sum": lambda: bench.summed_maps(base, same, gaussian=bench.level_gaussian(True)),
+        "pmax": lambda: bench.summed_maps(base, same, fuse=np.maximum),
         "rings": lambda: bench.summed_maps(base, same, rings=True),
         "knn3": lambda: bench.summed_maps(base, same, neighbours=3),
         "tta": lambda: bench.flip_averaged(base),
