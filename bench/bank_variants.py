@@ -30,7 +30,7 @@ Variants (``--only`` picks some):
     pmax           the patch-wise max of the SimpleNet map and the scaled bank map, not the sum
 and, on the reference ``all`` maps: image score as the max of the blurred heatmap (sigma
 4 / 8), as the mean of the top 4 / 16 patches and as the max without the outer ring of
-patches; pixel metrics at heatmap sigma 2-8.
+patches; the heatmap from the scaled bank map alone; pixel metrics at heatmap sigma 2-8.
 
     python bench/variants.py d2s0 --heads 2 && python bench/bank_variants.py d2s0
     python bench/variants.py nb335 --heads 2 --neighbourhood 3,3,5 \
@@ -176,7 +176,7 @@ class Bench:
         gaussian: Callable[[torch.Tensor], np.ndarray] | None = None,
         fuse: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.add,
     ) -> dict[str, tuple]:
-        """Per check: SimpleNet + scaled bank map, and the held-out-scaled Gaussian term."""
+        """Per check: SimpleNet + scaled bank map, the Gaussian term and the scaled bank map."""
         distances = self.bank_distances(candidates, transform, neighbours=neighbours)
         held = (self.holdout[1], distances(self.holdout[0]))
         checks = {
@@ -245,7 +245,7 @@ class Bench:
         for key, (maps, distances) in checks.items():
             summed = normalise(fuse(on_grid(maps, distances), weight * (distances - center)))
             term = g_weight * (gaussian(self.checks[key][2]) - g_center)
-            result[key] = (summed, term)
+            result[key] = (summed, term, weight * (distances - center))
         return result
 
     def mahalanobis(self, pooled: torch.Tensor) -> np.ndarray:
@@ -268,10 +268,10 @@ class Bench:
         return distances
 
     def report_variant(self, label: str, make: Callable[[], dict]) -> dict:
-        """Prints one variant's rows; returns its summed maps and Gaussian terms."""
+        """Prints one variant's rows; returns per check summed map, Gaussian term, bank map."""
         started = time.perf_counter()
         result = make()
-        for key, (summed, term) in result.items():
+        for key, (summed, term, _) in result.items():
             scores = image_scores(summed)
             report(f"{label} {key} sum", scores, summed, *self.masks[key])
             report(f"{label} {key} sum+gauss", scores + term, summed, *self.masks[key])
@@ -323,9 +323,12 @@ def score_and_blur_rows(bench: Bench, reference: dict) -> None:
         "max without the outer ring": lambda m: image_scores(m[:, 1:-1, 1:-1]),
     }
     for label, score in scores.items():
-        for key, (summed, _) in reference.items():
+        for key, (summed, _, _) in reference.items():
             report(f"all, image score {label} {key}", score(summed), summed, *bench.masks[key])
-    for key, (summed, _) in reference.items():
+    for key, (summed, term, bank_map) in reference.items():
+        label = "all, heatmap from the bank alone (image score: sum + Gaussian)"
+        report(f"{label} {key}", image_scores(summed) + term, bank_map, *bench.masks[key])
+    for key, (summed, _, _) in reference.items():
         masks = bench.masks[key][0]
         for sigma in (2.0, 3.0, 4.0, 6.0, 8.0):
             heat = upsample_and_blur(torch.from_numpy(summed).float(), masks.shape[-2:], sigma)
