@@ -15,7 +15,7 @@ recall at 0.1 / 1 / 5 % false alarms and the false-alarm rate the calibrated thr
 actually gives on the unseen good tiles.
 
     python bench/quality.py [--data ../shared/data/mtd] [--overlays runs/quality] [--seed N]
-        [--heads K] [--image-size S] [--memory-bank-size N] [--device cuda]
+        [--backbone NAME] [--heads K] [--image-size S] [--memory-bank-size N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--overlays", type=Path, default=None, help="folder for overlay PNGs")
     parser.add_argument("--seed", type=int, default=0, help="holdout split and head seeds")
     parser.add_argument("--heads", type=int, default=None, help="override (default: FitConfig)")
+    parser.add_argument(
+        "--backbone", default=None, help="override, with its default layers (efficientnet_lite2)"
+    )
     parser.add_argument("--local-anomaly-share", type=float, default=None, help="override")
     parser.add_argument("--image-size", type=int, default=None, help="override")
     parser.add_argument("--memory-bank-size", type=int, default=None, help="override (0: none)")
@@ -64,7 +67,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    names = ("heads", "local_anomaly_share", "image_size", "memory_bank_size")
+    names = ("backbone", "heads", "local_anomaly_share", "image_size", "memory_bank_size")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     config = FitConfig(seed=args.seed, device=args.device, **overrides)
     images = read_images(list_images(args.data / "train" / "good"))
