@@ -64,14 +64,13 @@ from model.calibration import matching_scale
 from model.data import list_images, read_images
 from model.detector import images_to_tensor, upsample_and_blur
 from model.evaluation import aupro, auroc
-from model.features import neighbourhood_mean
+from model.features import PatchFeatureAggregator
 from model.global_gaussian import GlobalGaussian, global_pool, ledoit_wolf
 from model.patch_memory import PatchMemory, greedy_coreset
 from model.trainer import split_holdout
 
 BANK_SIZE = 4000
 LAYER_BLOCKS = ((0, 40), (40, 152), (152, 344))  # Lite0 blocks 4 / 10 / 14, concatenated
-POOLED = 344  # the product's pooled columns; the stage ends' pooled maps follow them
 STAGE_ENDS = (0, 2, 4, 7, 10, 14)  # Lite0's last block of each stage the trunk computes
 Parts = tuple[torch.Tensor, np.ndarray, torch.Tensor]  # patch features, SimpleNet maps, pooled
 Transform = Callable[[torch.Tensor], torch.Tensor]  # [B, D, h, w] -> [B, D', h, w]
@@ -80,12 +79,12 @@ Transform = Callable[[torch.Tensor], torch.Tensor]  # [B, D, h, w] -> [B, D', h,
 class Bench:
     """The cached features of one saved run: training, held-out and both checks."""
 
-    def __init__(self, run: Path, data: Path, *, own_bank_pooling: bool = False) -> None:
+    def __init__(self, run: Path, data: Path, *, bank_pooling: Callable | None = None) -> None:
         self.detector = load_artifact(run)
-        if own_bank_pooling:  # the run's SimpleNet pools otherwise; the bank as the product's
-            self.detector.aggregator.pooled_layers = lambda maps: [
-                neighbourhood_mean(m) for m in maps
-            ]
+        if bank_pooling is not None:  # the run's SimpleNet pools otherwise than the bank
+            self.detector.aggregator.pooled_layers = bank_pooling
+        # the product's pooled columns (its Gaussian's); the stage ends' pooled maps follow
+        self.pooled_dims = sum(self.detector.backbone.spec.channels)
         self.stage_means: list[torch.Tensor] = []
         for index in STAGE_ENDS:  # pooled stage outputs, for the per-level Gaussians
             self.detector.backbone._blocks[index].register_forward_hook(
@@ -106,7 +105,7 @@ class Bench:
         self.holdout_images = [images[i] for i in holdout_index]
         self.holdout = self.parts(self.holdout_images)
         self.checks = {key: self.parts(images) for key, (images, _, _) in self.sets.items()}
-        self.gaussian, _ = GlobalGaussian.fit(self.train[2][:, :POOLED])
+        self.gaussian, _ = GlobalGaussian.fit(self.train[2][:, : self.pooled_dims])
         self.level_dims = [int(m.shape[1]) for m in self.stage_means[-len(STAGE_ENDS) :]]
 
     @torch.inference_mode()
@@ -250,11 +249,11 @@ class Bench:
 
     def mahalanobis(self, pooled: torch.Tensor) -> np.ndarray:
         """Unscaled global Gaussian distances (the product's term)."""
-        return self.gaussian.distances(pooled[:, :POOLED]).double().numpy()
+        return self.gaussian.distances(pooled[:, : self.pooled_dims]).double().numpy()
 
     def level_gaussian(self, per_level: bool) -> Callable[[torch.Tensor], np.ndarray]:
         """A Gaussian on the pooled stage outputs: one on all, or one per stage, summed."""
-        bounds = np.cumsum([POOLED, *self.level_dims])
+        bounds = np.cumsum([self.pooled_dims, *self.level_dims])
         slices = list(itertools.pairwise(int(b) for b in bounds))
         groups = slices if per_level else [(slices[0][0], slices[-1][1])]
         fitted = [GlobalGaussian.fit(self.train[2][:, a:b])[0] for a, b in groups]
@@ -353,10 +352,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    product_pooling = PatchFeatureAggregator.pooled_layers  # the bank keeps it
     if args.neighbourhood:
         patch_neighbourhood(tuple(int(k) for k in args.neighbourhood.split(",")))
     bench = Bench(
-        args.runs / f"{args.run}.safetensors", args.data, own_bank_pooling=bool(args.neighbourhood)
+        args.runs / f"{args.run}.safetensors",
+        args.data,
+        bank_pooling=product_pooling if args.neighbourhood else None,
     )
     same: Transform = lambda f: f.float()  # noqa: E731
     base = bench.patches(same)
