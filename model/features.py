@@ -31,6 +31,7 @@ from model.backbones import BackboneSpec
 # concatenated). So the EfficientNets concatenate; WideResNet50 keeps the paper's 1536.
 DEFAULT_COMMON_DIM: dict[str, int | None] = {
     "efficientnet_lite0": None,
+    "efficientnet_lite1": None,
     "efficientnet_lite2": None,
     "wide_resnet50_2": 1536,
 }

@@ -18,8 +18,9 @@ from pipeline.settings import KafkaSettings, ProcessSettings, RedisSettings
 class FitSettings(BaseModel):
     """How a candidate is fitted (``model.trainer.FitConfig``)."""
 
-    backbone: Literal["efficientnet_lite0", "efficientnet_lite2", "wide_resnet50_2"] = (
-        "efficientnet_lite0")
+    backbone: Literal[
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "wide_resnet50_2"
+    ] = "efficientnet_lite0"
     backbone_weights: Path | None = Field(default=None, description="Explicit weights file.")
     layers: tuple[str, ...] | None = Field(
         default=None,

