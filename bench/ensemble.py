@@ -1,0 +1,116 @@
+"""Score-level ensembles of full default detectors on other backbones or seeds (issue 12).
+
+Fits (or loads, when saved under ``--runs``) one full default detector per ``BACKBONE:SEED``
+run, scores the development split and the synthetic defects with the product's
+``AnomalyDetector.score`` (image score = map max + the global Gaussian term), and prints
+each run alone and every ensemble of two or more of them: every run's image scores and
+score maps put on the published scale by its own calibration (``0.5 * (raw - center) /
+(threshold - center)``: median held-out good -> 0, its threshold -> 0.5, label-free), then
+averaged. Same line format as ``bench/variants.py``. Each run's scoring speed is timed
+side by side first (an ensemble's cost is the sum of its members' per-image times).
+
+    python bench/ensemble.py efficientnet_lite0:0 efficientnet_lite1:0 [--runs runs/ensemble]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from variants import DEFAULT_DATA, check_sets, report, resized_masks
+
+from model.artifact import load_artifact, save_artifact
+from model.data import list_images, read_images
+from model.detector import AnomalyDetector
+from model.trainer import FitConfig, fit_detector
+
+REPEATS = 10
+
+
+@torch.inference_mode()
+def normalised_scores(detector: AnomalyDetector, images: list[np.ndarray]) -> tuple:
+    """Image scores ``[N]`` and score maps ``[N, h, w]`` on the calibrated scale."""
+    calibration = detector.metadata.calibration
+    maps, scores = [], []
+    for start in range(0, len(images), 16):
+        batch_maps, batch_scores = detector.score(detector.preprocess(images[start : start + 16]))
+        maps.append(batch_maps.numpy())
+        scores.append(batch_scores.numpy())
+    scale = 0.5 / (calibration.threshold - calibration.center)
+    return (
+        (np.concatenate(scores) - calibration.center) * scale,
+        (np.concatenate(maps) - calibration.center) * scale,
+    )
+
+
+def load_or_fit(run: str, runs: Path, data: Path) -> AnomalyDetector:
+    """The saved detector of run ``BACKBONE:SEED``, fitted with the defaults when absent."""
+    backbone, seed = run.split(":")
+    path = runs / f"{backbone}-s{seed}.safetensors"
+    if path.exists():
+        return load_artifact(path)
+    images = read_images(list_images(data / "train" / "good"))
+    started = time.perf_counter()
+    detector = fit_detector(
+        images, config=FitConfig(backbone=backbone, seed=int(seed)), product_line=data.name
+    )
+    logging.info("fitted %s in %.1f s", run, time.perf_counter() - started)
+    save_artifact(detector, path)
+    return detector
+
+
+@torch.inference_mode()
+def print_speeds(detectors: dict[str, AnomalyDetector], images: list[np.ndarray]) -> None:
+    """Median images/s of ``score`` per run on one batch, the runs timed back to back."""
+    batch = detectors[next(iter(detectors))].preprocess(images)
+    times: dict[str, list[float]] = {run: [] for run in detectors}
+    for repeat in range(REPEATS + 1):
+        for run, detector in detectors.items():
+            started = time.perf_counter()
+            detector.score(batch)
+            if repeat:  # the first round warms up
+                times[run].append(time.perf_counter() - started)
+    for run, seconds in times.items():
+        print(
+            f"{run}: {len(images) / statistics.median(seconds):.1f} images/s (score, eager "
+            f"PyTorch, batch {len(images)}, {torch.get_num_threads()} threads, median of "
+            f"{REPEATS})",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", metavar="BACKBONE:SEED")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/ensemble"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    sets = check_sets(args.data)
+    detectors = {run: load_or_fit(run, args.runs_dir, args.data) for run in args.runs}
+    print_speeds(detectors, sets["dev"][0][:8])
+    scored = {
+        run: {key: normalised_scores(detector, images) for key, (images, _, _) in sets.items()}
+        for run, detector in detectors.items()
+    }
+    size = FitConfig().image_size  # every run fits at the default input size
+    for key, (_, masks, kinds) in sets.items():
+        truth_masks, kinds = resized_masks(masks, size), np.array(kinds)
+        for run, per_set in scored.items():
+            report(f"{run} {key}", *per_set[key], truth_masks, kinds)
+        for count in range(2, len(scored) + 1):
+            for members in itertools.combinations(scored, count):
+                scores = np.mean([scored[run][key][0] for run in members], axis=0)
+                maps = np.mean([scored[run][key][1] for run in members], axis=0)
+                report(f"ensemble {'+'.join(members)} {key}", scores, maps, truth_masks, kinds)
+
+
+if __name__ == "__main__":
+    main()
