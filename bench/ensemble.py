@@ -9,7 +9,8 @@ score maps put on the published scale by its own calibration (``0.5 * (raw - cen
 averaged. Same line format as ``bench/variants.py``. Each run's scoring speed is timed
 side by side first (an ensemble's cost is the sum of its members' per-image times).
 
-    python bench/ensemble.py efficientnet_lite0:0 efficientnet_lite1:0 [--runs runs/ensemble]
+    python bench/ensemble.py efficientnet_lite0:0 efficientnet_lite1:0 [--runs-dir runs/ensemble]
+        [--max-members K]
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", metavar="BACKBONE:SEED")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/ensemble"))
+    parser.add_argument(
+        "--max-members", type=int, default=None, help="largest ensemble printed (default: all)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +109,7 @@ def main() -> None:
         truth_masks, kinds = resized_masks(masks, size), np.array(kinds)
         for run, per_set in scored.items():
             report(f"{run} {key}", *per_set[key], truth_masks, kinds)
-        for count in range(2, len(scored) + 1):
+        for count in range(2, (args.max_members or len(scored)) + 1):
             for members in itertools.combinations(scored, count):
                 scores = np.mean([scored[run][key][0] for run in members], axis=0)
                 maps = np.mean([scored[run][key][1] for run in members], axis=0)
