@@ -69,9 +69,8 @@ def load_or_fit(run: str, runs: Path, data: Path) -> AnomalyDetector:
     The fit uses the defaults, with input size ``SIZE`` px when given.
     """
     backbone, seed, *size = run.split(":")
-    config = FitConfig(backbone=backbone, seed=int(seed))
-    if size:
-        config = FitConfig(backbone=backbone, seed=int(seed), image_size=int(size[0]))
+    sized = {"image_size": int(size[0])} if size else {}
+    config = FitConfig(backbone=backbone, seed=int(seed), **sized)
     suffix = f"-{size[0]}px" if size else ""
     path = runs / f"{backbone}-s{seed}{suffix}.safetensors"
     if path.exists():
