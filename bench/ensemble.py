@@ -46,10 +46,9 @@ def normalised_scores(detector: AnomalyDetector, images: list[np.ndarray]) -> tu
         batch_maps, batch_scores = detector.score(detector.preprocess(images[start : start + 16]))
         maps.append(batch_maps.numpy())
         scores.append(batch_scores.numpy())
-    scale = 0.5 / (calibration.threshold - calibration.center)
     return (
-        (np.concatenate(scores) - calibration.center) * scale,
-        (np.concatenate(maps) - calibration.center) * scale,
+        calibration.normalize(np.concatenate(scores)),
+        calibration.normalize(np.concatenate(maps)),
     )
 
 
