@@ -1,0 +1,166 @@
+"""Issue 12: how the patch features treat the image border, swapped under ``bench/quality.py``.
+
+Of the development split's defects, 84 of 85 breaks and 33 of 115 blowholes lie within 6% of
+the tile's edge, and most of the blowholes missed at 1% false alarms are a few pixels at the
+border. The default's 3x3 neighbourhood mean counts the zeros outside the map (as SimpleNet's
+code): on Lite0's 8 x 8 stride-32 map at 256 px, 28 of 64 cells are border cells whose
+features are shrunk by 2/3 (corners 4/9), and the backbone's own convolutions zero-pad too.
+Each variant patches that one thing for the fit and the scoring, then runs
+``bench/quality.py``'s three checks unchanged (same arguments):
+
+    exclude       the neighbourhood mean over the cells inside the map only, every layer
+    exclude-fine  the same on the stride-8 and stride-16 layers, zeros counted on stride 32
+    reflect32     the input reflect-padded by 32 px before the backbone, every backbone map
+                  cropped back to the unpadded image's grid (1.56x the backbone's pixels)
+
+With ``--positions`` it fits (or loads from ``--runs-dir``) the full default under the
+variant instead, and prints the checks' lines (``bench/variants.py``'s format) for the map as
+is and normalised per position: each ring of cells (distance to the nearest edge), or each
+class of cells alike under the map's symmetries (the 4 corners, ...), minus the class's
+held-out median over its 99th percentile minus the median, on the fit's own held-out good
+images (label-free); the image score is the normalised map's max, put back on the raw map's
+held-out spread (``matching_scale``), plus the global Gaussian term. ``zeros`` is the default.
+
+The patches are experiment-only; the product has none of them.
+
+    python bench/border.py exclude [bench/quality.py arguments]
+    python bench/border.py {zeros,exclude} --positions [--runs-dir runs/border]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import quality
+import torch
+import torch.nn.functional as F  # noqa: N812
+from ensemble import load_or_fit
+from variants import DEFAULT_DATA, check_sets, report, resized_masks
+
+from model.backbones import EfficientNetLiteTrunk
+from model.calibration import matching_scale
+from model.data import list_images, read_images
+from model.detector import AnomalyDetector
+from model.features import PatchFeatureAggregator
+from model.trainer import FitConfig, split_holdout
+
+REFLECT_PAD = 32  # a multiple of the coarsest stride, so every map crops by whole cells
+VARIANTS = ("zeros", "exclude", "exclude-fine", "reflect32")
+
+
+def patch_exclude(fine_only: bool) -> None:
+    """Neighbourhood means over in-map cells only (all layers, or all but the coarsest)."""
+
+    def pooled(feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        last = len(feature_maps) - 1
+        return [
+            F.avg_pool2d(
+                feature_map.contiguous(memory_format=torch.channels_last),
+                3,
+                stride=1,
+                padding=1,
+                count_include_pad=fine_only and index == last,
+            )
+            for index, feature_map in enumerate(feature_maps)
+        ]
+
+    PatchFeatureAggregator.pooled_layers = staticmethod(pooled)
+
+
+def patch_reflect() -> None:
+    """Reflect-pads the backbone's input and crops its maps back to the unpadded grid."""
+    original = EfficientNetLiteTrunk.forward
+
+    def forward(self: EfficientNetLiteTrunk, batch: torch.Tensor) -> list[torch.Tensor]:
+        padded = F.pad(batch, (REFLECT_PAD,) * 4, mode="reflect")
+        maps = original(self, padded)
+        cropped = []
+        for feature_map in maps:
+            stride = padded.shape[-1] // feature_map.shape[-1]
+            cells = REFLECT_PAD // stride
+            cropped.append(feature_map[..., cells:-cells, cells:-cells])
+        return cropped
+
+    EfficientNetLiteTrunk.forward = forward
+
+
+@torch.inference_mode()
+def map_parts(detector: AnomalyDetector, images: list[np.ndarray]) -> tuple:
+    """Raw score maps ``[N, h, w]`` and global Gaussian terms ``[N]``, float64."""
+    maps, terms = [], []
+    for start in range(0, len(images), 16):
+        layer_maps, batch_maps = detector.backbone_and_score_maps(
+            detector.preprocess(images[start : start + 16])
+        )
+        maps.append(batch_maps.numpy())
+        assert detector.global_gaussian is not None
+        terms.append(detector.global_gaussian(layer_maps).numpy())
+    return np.concatenate(maps).astype(np.float64), np.concatenate(terms).astype(np.float64)
+
+
+def position_classes(height: int, width: int) -> dict[str, np.ndarray]:
+    """Cell class maps: ``rings`` (distance to the nearest edge) and symmetric ``cells``."""
+    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
+    from_top, from_left = np.minimum(rows, height - 1 - rows), np.minimum(cols, width - 1 - cols)
+    near, far = np.minimum(from_top, from_left), np.maximum(from_top, from_left)
+    return {"rings": near, "cells": near * max(height, width) + far}
+
+
+def normaliser(held: np.ndarray, classes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``(map - median) / (p99 - median)`` per class of cells, from held-out good maps."""
+    median, top = np.zeros(classes.shape), np.ones(classes.shape)
+    for value in np.unique(classes):
+        low, high = np.quantile(held[:, classes == value], [0.5, 0.99])
+        median[classes == value], top[classes == value] = low, high
+    return lambda maps: (maps - median) / (top - median)
+
+
+def print_positions(variant: str, runs: Path, data: Path) -> None:
+    """The full default under ``variant``: checks' lines, map as is and per-position scaled."""
+    detector = load_or_fit(f"{FitConfig().backbone}:0", runs / variant, data)
+    images = read_images(list_images(data / "train" / "good"))
+    config = FitConfig()
+    _, holdout = split_holdout(len(images), config.holdout_fraction, config.min_holdout, 0)
+    held, _ = map_parts(detector, [images[i] for i in holdout])
+    held_max = held.reshape(len(held), -1).max(axis=1)
+    sets = check_sets(data)
+    scored = {key: map_parts(detector, images) for key, (images, _, _) in sets.items()}
+    options = {"as is": None, **position_classes(*held.shape[-2:])}
+    for name, classes in options.items():
+        scale = (lambda maps: maps) if classes is None else normaliser(held, classes)
+        center, weight = matching_scale(held_max, scale(held).reshape(len(held), -1).max(axis=1))
+        for key, (_, masks, kinds) in sets.items():
+            maps, terms = scored[key]
+            scaled = scale(maps)
+            scores = weight * (scaled.reshape(len(maps), -1).max(axis=1) - center) + terms
+            truth = resized_masks(masks, detector.metadata.image_size)
+            report(f"{variant} {name} {key}", scores, scaled.astype(np.float32), truth,
+                   np.array(kinds))
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in VARIANTS:
+        raise SystemExit(f"usage: python bench/border.py {{{','.join(VARIANTS)}}} [...]")
+    variant = sys.argv.pop(1)
+    if variant.startswith("exclude"):
+        patch_exclude(fine_only=variant == "exclude-fine")
+    elif variant == "reflect32":
+        patch_reflect()
+    if "--positions" in sys.argv:
+        parser = argparse.ArgumentParser(description="per-position normalisation")
+        parser.add_argument("--positions", action="store_true")
+        parser.add_argument("--runs-dir", type=Path, default=Path("runs/border"))
+        parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+        args = parser.parse_args()
+        print_positions(variant, args.runs_dir, args.data)
+        return
+    print(f"border variant: {variant}")
+    quality.main()
+
+
+if __name__ == "__main__":
+    main()
