@@ -12,6 +12,9 @@ Each variant patches that one thing for the fit and the scoring, then runs
     exclude-fine  the same on the stride-8 and stride-16 layers, zeros counted on stride 32
     reflect32     the input reflect-padded by 32 px before the backbone, every backbone map
                   cropped back to the unpadded image's grid (1.56x the backbone's pixels)
+    edge-weight   the border handled as now, but the SimpleNet heads train on the patches
+                  within 2 cells of the edge three times per epoch (the others once), so
+                  the discriminator's boundary is as tight at the border as inside
 
 With ``--positions`` it fits (or loads from ``--runs-dir``) the full default under the
 variant instead, and prints the checks' lines (``bench/variants.py``'s format) for the map as
@@ -41,6 +44,7 @@ import torch.nn.functional as F  # noqa: N812
 from ensemble import load_or_fit
 from variants import DEFAULT_DATA, check_sets, report, resized_masks
 
+import model.trainer as trainer_module
 from model.backbones import EfficientNetLiteTrunk
 from model.calibration import matching_scale
 from model.data import list_images, read_images
@@ -49,7 +53,8 @@ from model.features import PatchFeatureAggregator
 from model.trainer import FitConfig, split_holdout
 
 REFLECT_PAD = 32  # a multiple of the coarsest stride, so every map crops by whole cells
-VARIANTS = ("zeros", "exclude", "exclude-fine", "reflect32")
+EDGE_CELLS, EDGE_REPEATS = 2, 3
+VARIANTS = ("zeros", "exclude", "exclude-fine", "reflect32", "edge-weight")
 
 
 def patch_exclude(fine_only: bool) -> None:
@@ -86,6 +91,23 @@ def patch_reflect() -> None:
         return cropped
 
     EfficientNetLiteTrunk.forward = forward
+
+
+def patch_edge_weight() -> None:
+    """The heads' training patches: every patch once, the border's ``EDGE_REPEATS`` times."""
+    original = trainer_module.train_heads
+
+    def train_heads(features: torch.Tensor, *args, **kwargs):
+        _, count, dims = features.shape
+        side = round(count**0.5)
+        rows, cols = np.divmod(np.arange(count), side)
+        near = np.minimum(np.minimum(rows, side - 1 - rows), np.minimum(cols, side - 1 - cols))
+        border = torch.from_numpy(np.flatnonzero(near < EDGE_CELLS))
+        extra = features[:, border].reshape(1, -1, dims).repeat(1, EDGE_REPEATS - 1, 1)
+        weighted = torch.cat([features.reshape(1, -1, dims), extra], dim=1)
+        return original(weighted, *args, **kwargs)
+
+    trainer_module.train_heads = train_heads
 
 
 @torch.inference_mode()
@@ -150,6 +172,8 @@ def main() -> None:
         patch_exclude(fine_only=variant == "exclude-fine")
     elif variant == "reflect32":
         patch_reflect()
+    elif variant == "edge-weight":
+        patch_edge_weight()
     if "--positions" in sys.argv:
         parser = argparse.ArgumentParser(description="per-position normalisation")
         parser.add_argument("--positions", action="store_true")
