@@ -13,8 +13,8 @@ Each variant patches that one thing for the fit and the scoring, then runs
     reflect32     the input reflect-padded by 32 px before the backbone, every backbone map
                   cropped back to the unpadded image's grid (1.56x the backbone's pixels)
     edge-weight   the border handled as now, but the SimpleNet heads train on the patches
-                  within 2 cells of the edge three times per epoch (the others once), so
-                  the discriminator's boundary is as tight at the border as inside
+                  within 2 cells of the edge three times per epoch (the others once), to
+                  tighten the discriminator's boundary where the patches vary most
 
 With ``--positions`` it fits (or loads from ``--runs-dir``) the full default under the
 variant instead, and prints the checks' lines (``bench/variants.py``'s format) for the map as
@@ -160,8 +160,9 @@ def print_positions(variant: str, runs: Path, data: Path) -> None:
             scaled = scale(maps)
             scores = weight * (scaled.reshape(len(maps), -1).max(axis=1) - center) + terms
             truth = resized_masks(masks, detector.metadata.image_size)
-            report(f"{variant} {name} {key}", scores, scaled.astype(np.float32), truth,
-                   np.array(kinds))
+            report(
+                f"{variant} {name} {key}", scores, scaled.astype(np.float32), truth, np.array(kinds)
+            )
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ fit`` or ``bench/ensemble.py``) and prints the good images that score highest (t
 ``floor(0.01 * N_good)``-th of them is the threshold ``recall at 1% false alarms`` uses),
 then every defective image at or below that threshold with its size, its mask's area and
 the mask's distance to the nearest image edge (in % of the image's shorter side), and a
-count of caught and missed defects per type, at the edge (mask within 6% of it) or inside.
+count of caught and missed defects per type, at the edge (mask within 6% of it), inside, or
+without a mask (image-labelled data).
 Labels are read here only to explain a fitted model's figures, never to fit one.
 
     python bench/misses.py --model runs/ensemble/efficientnet_lite0-s0.safetensors
@@ -56,8 +57,10 @@ def main() -> None:
     allowed = int(np.floor(args.rate * len(good) + 1e-9))
     threshold = good[allowed][3]
     grid = tuple(maps.shape[-2:])
-    print(f"{len(good)} good images; at {args.rate:.1%} false alarms {allowed} may score above "
-          f"the threshold {threshold:.3f} (normalised scores, model {args.model.name})")
+    print(
+        f"{len(good)} good images; at {args.rate:.1%} false alarms {allowed} may score above "
+        f"the threshold {threshold:.3f} (normalised scores, model {args.model.name})"
+    )
     print(f"highest good images (score map's max at cell y, x of {grid}):")
     for sample, shape, _, score, cell in good[:SHOWN_GOOD]:
         print(f"  {score:6.3f}  {sample.path.name:24s} {shape[0]}x{shape[1]}  cell {cell}")
@@ -67,7 +70,7 @@ def main() -> None:
         (row for row in rows if row[0].is_anomalous), key=lambda r: r[3]
     ):
         distance = edge_distance(mask) if mask is not None and mask.any() else float("nan")
-        where = "edge" if distance < EDGE_SHARE else "inside"
+        where = "no mask" if np.isnan(distance) else "edge" if distance < EDGE_SHARE else "inside"
         missed = score <= threshold
         counts[(sample.defect_class, where, "missed" if missed else "caught")] += 1
         if missed:
@@ -79,7 +82,7 @@ def main() -> None:
             )
     print("per type and place: caught / missed")
     for kind in sorted({key[0] for key in counts}):
-        for where in ("edge", "inside"):
+        for where in ("edge", "inside", "no mask"):
             caught, missed = counts[(kind, where, "caught")], counts[(kind, where, "missed")]
             if caught or missed:
                 print(f"  {kind:9s} {where:6s} {caught:4d} / {missed:d}")
