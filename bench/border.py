@@ -27,7 +27,7 @@ held-out spread (``matching_scale``), plus the global Gaussian term. ``zeros`` i
 The patches are experiment-only; the product has none of them.
 
     python bench/border.py exclude [bench/quality.py arguments]
-    python bench/border.py {zeros,exclude} --positions [--runs-dir runs/border]
+    python bench/border.py {zeros,exclude} --positions [--runs-dir runs/border] [--seed N]
 """
 
 from __future__ import annotations
@@ -141,12 +141,12 @@ def normaliser(held: np.ndarray, classes: np.ndarray) -> Callable[[np.ndarray], 
     return lambda maps: (maps - median) / (top - median)
 
 
-def print_positions(variant: str, runs: Path, data: Path) -> None:
+def print_positions(variant: str, runs: Path, data: Path, seed: int) -> None:
     """The full default under ``variant``: checks' lines, map as is and per-position scaled."""
-    detector = load_or_fit(f"{FitConfig().backbone}:0", runs / variant, data)
+    detector = load_or_fit(f"{FitConfig().backbone}:{seed}", runs / variant, data)
     images = read_images(list_images(data / "train" / "good"))
     config = FitConfig()
-    _, holdout = split_holdout(len(images), config.holdout_fraction, config.min_holdout, 0)
+    _, holdout = split_holdout(len(images), config.holdout_fraction, config.min_holdout, seed)
     held, _ = map_parts(detector, [images[i] for i in holdout])
     held_max = held.reshape(len(held), -1).max(axis=1)
     sets = check_sets(data)
@@ -180,8 +180,9 @@ def main() -> None:
         parser.add_argument("--positions", action="store_true")
         parser.add_argument("--runs-dir", type=Path, default=Path("runs/border"))
         parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+        parser.add_argument("--seed", type=int, default=0, help="fit seed (holdout and heads)")
         args = parser.parse_args()
-        print_positions(variant, args.runs_dir, args.data)
+        print_positions(variant, args.runs_dir, args.data, args.seed)
         return
     print(f"border variant: {variant}")
     quality.main()
