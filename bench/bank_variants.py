@@ -278,17 +278,26 @@ class Bench:
         return result
 
 
+def position_classes(height: int, width: int) -> dict[str, np.ndarray]:
+    """Cell class maps: ``rings`` (distance to the nearest edge) and symmetric ``cells``."""
+    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
+    from_top, from_left = np.minimum(rows, height - 1 - rows), np.minimum(cols, width - 1 - cols)
+    near, far = np.minimum(from_top, from_left), np.maximum(from_top, from_left)
+    return {"rings": near, "cells": near * max(height, width) + far}
+
+
+def class_normaliser(held: np.ndarray, classes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``(map - median) / (p99 - median)`` per class of cells, from held-out good maps."""
+    median, top = np.zeros(classes.shape), np.ones(classes.shape)
+    for value in np.unique(classes):
+        low, high = np.quantile(held[:, classes == value], [0.5, 0.99])
+        median[classes == value], top[classes == value] = low, high
+    return lambda maps: (maps - median) / (top - median)
+
+
 def ring_normaliser(held: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """Per-ring normalisation of maps like ``held`` from the held-out good maps' quantiles."""
-    height, width = held.shape[-2:]
-    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
-    ring = np.minimum(np.minimum(rows, height - 1 - rows), np.minimum(cols, width - 1 - cols))
-    median, top = np.zeros(ring.shape), np.ones(ring.shape)
-    for index in np.unique(ring):
-        values = held[:, ring == index]
-        low, high = np.quantile(values, [0.5, 0.99])
-        median[ring == index], top[ring == index] = low, high
-    return lambda maps: (maps - median) / (top - median)
+    return class_normaliser(held, position_classes(*held.shape[-2:])["rings"])
 
 
 def on_grid(maps: np.ndarray, like: np.ndarray) -> np.ndarray:

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import quality
 import torch
 import torch.nn.functional as F  # noqa: N812
+from bank_variants import class_normaliser, position_classes
 from ensemble import load_or_fit
 from variants import DEFAULT_DATA, check_sets, report, resized_masks
 
@@ -125,23 +125,6 @@ def map_parts(detector: AnomalyDetector, images: list[np.ndarray]) -> tuple:
     return np.concatenate(maps).astype(np.float64), np.concatenate(terms).astype(np.float64)
 
 
-def position_classes(height: int, width: int) -> dict[str, np.ndarray]:
-    """Cell class maps: ``rings`` (distance to the nearest edge) and symmetric ``cells``."""
-    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
-    from_top, from_left = np.minimum(rows, height - 1 - rows), np.minimum(cols, width - 1 - cols)
-    near, far = np.minimum(from_top, from_left), np.maximum(from_top, from_left)
-    return {"rings": near, "cells": near * max(height, width) + far}
-
-
-def normaliser(held: np.ndarray, classes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """``(map - median) / (p99 - median)`` per class of cells, from held-out good maps."""
-    median, top = np.zeros(classes.shape), np.ones(classes.shape)
-    for value in np.unique(classes):
-        low, high = np.quantile(held[:, classes == value], [0.5, 0.99])
-        median[classes == value], top[classes == value] = low, high
-    return lambda maps: (maps - median) / (top - median)
-
-
 def print_positions(variant: str, runs: Path, data: Path, seed: int) -> None:
     """The full default under ``variant``: checks' lines, map as is and per-position scaled."""
     detector = load_or_fit(f"{FitConfig().backbone}:{seed}", runs / variant, data)
@@ -154,7 +137,7 @@ def print_positions(variant: str, runs: Path, data: Path, seed: int) -> None:
     scored = {key: map_parts(detector, images) for key, (images, _, _) in sets.items()}
     options = {"as is": None, **position_classes(*held.shape[-2:])}
     for name, classes in options.items():
-        scale = (lambda maps: maps) if classes is None else normaliser(held, classes)
+        scale = (lambda maps: maps) if classes is None else class_normaliser(held, classes)
         center, weight = matching_scale(held_max, scale(held).reshape(len(held), -1).max(axis=1))
         for key, (_, masks, kinds) in sets.items():
             maps, terms = scored[key]

@@ -2,7 +2,7 @@
 
 Scores ``<data>/test`` with a saved model (``--model``, an artifact of ``linewatch-model
 fit`` or ``bench/ensemble.py``) and prints the good images that score highest (the
-``floor(0.01 * N_good)``-th of them is the threshold ``recall at 1% false alarms`` uses),
+threshold ``recall at 1% false alarms`` uses is ``model.evaluation.false_alarm_threshold``),
 then every defective image at or below that threshold with its size, its mask's area and
 the mask's distance to the nearest image edge (in % of the image's shorter side), and a
 count of caught and missed defects per type, at the edge (mask within 6% of it), inside, or
@@ -24,6 +24,7 @@ from variants import DEFAULT_DATA
 
 from model.artifact import load_artifact
 from model.data import list_test_samples
+from model.evaluation import false_alarm_threshold
 
 EDGE_SHARE = 0.06
 SHOWN_GOOD = 8
@@ -53,12 +54,12 @@ def main() -> None:
         cell = tuple(int(v) for v in np.unravel_index(int(maps[0].argmax()), maps.shape[-2:]))
         score = float(detector.metadata.calibration.normalize(scores.numpy())[0])
         rows.append((sample, image.shape[:2], mask, score, cell))
-    good = sorted((row for row in rows if not row[0].is_anomalous), key=lambda r: -r[3])
-    allowed = int(np.floor(args.rate * len(good) + 1e-9))
-    threshold = good[allowed][3]
     grid = tuple(maps.shape[-2:])
+    good = sorted((row for row in rows if not row[0].is_anomalous), key=lambda r: -r[3])
+    threshold = false_alarm_threshold(np.array([row[3] for row in good]), args.rate)
+    allowed = sum(row[3] > threshold for row in good)
     print(
-        f"{len(good)} good images; at {args.rate:.1%} false alarms {allowed} may score above "
+        f"{len(good)} good images; at {args.rate:.1%} false alarms {allowed} score above "
         f"the threshold {threshold:.3f} (normalised scores, model {args.model.name})"
     )
     print(f"highest good images (score map's max at cell y, x of {grid}):")

@@ -135,6 +135,21 @@ FALSE_ALARM_RATES = (0.001, 0.01, 0.05)
 """False-alarm rates at which recall is reported (0.1 %, 1 %, 5 %)."""
 
 
+def false_alarm_threshold(good_scores: np.ndarray, rate: float) -> float:
+    """The strictest threshold allowing ``rate`` false alarms on the good images' scores.
+
+    At most ``floor(rate * N_good)`` good images score strictly above it (ties aside); with
+    fewer than ``1 / rate`` good images it is their maximum.
+
+    Raises:
+        ValueError: With no good score or a rate outside ``[0, 1)``.
+    """
+    good = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())[::-1]
+    if good.size == 0 or not 0.0 <= rate < 1.0:
+        raise ValueError("need good scores and a rate in [0, 1)")
+    return float(good[int(np.floor(rate * good.size + 1e-9))])
+
+
 def recall_at_false_alarm_rate(
     good_scores: np.ndarray, defect_scores: np.ndarray, rate: float
 ) -> float:
@@ -152,12 +167,10 @@ def recall_at_false_alarm_rate(
     Raises:
         ValueError: With no good or no defective score, or a rate outside ``[0, 1)``.
     """
-    good = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())[::-1]
     defects = np.asarray(defect_scores, dtype=np.float64).ravel()
-    if good.size == 0 or defects.size == 0 or not 0.0 <= rate < 1.0:
+    if defects.size == 0:
         raise ValueError("need good and defective scores and a rate in [0, 1)")
-    allowed = int(np.floor(rate * good.size + 1e-9))
-    return float(np.mean(defects > good[allowed]))
+    return float(np.mean(defects > false_alarm_threshold(good_scores, rate)))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from model.evaluation import (
     auroc,
     connected_components,
     evaluate,
+    false_alarm_threshold,
     recall_at_false_alarm_rate,
 )
 
@@ -64,6 +65,18 @@ def test_recall_at_false_alarm_rate_uses_the_good_scores_only():
     assert recall_at_false_alarm_rate(good, defects, 0.05) == pytest.approx(0.75)
     with pytest.raises(ValueError):
         recall_at_false_alarm_rate(good, [], 0.01)
+
+
+def test_false_alarm_threshold_allows_floor_of_rate_times_good_alarms():
+    good = np.random.default_rng(0).permutation(np.arange(100, dtype=float))
+    assert false_alarm_threshold(good, 0.01) == 98.0  # one good image (99) above it
+    assert false_alarm_threshold(good, 0.001) == 99.0  # none above: the maximum
+    assert false_alarm_threshold(good, 0.05) == 94.0
+    assert false_alarm_threshold(np.arange(50.0), 0.01) == 49.0  # under 1 / rate: the max
+    with pytest.raises(ValueError):
+        false_alarm_threshold(np.array([]), 0.01)
+    with pytest.raises(ValueError):
+        false_alarm_threshold(good, 1.0)
 
 
 def test_auroc_and_aupro_perfect_and_inverted():
