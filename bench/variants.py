@@ -123,10 +123,15 @@ def score_sets(detector: AnomalyDetector, sets: dict, path: Path) -> None:
 
 
 def report(title: str, scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, kinds) -> None:
-    """Prints one check's line: image and pixel metrics, per type."""
-    truth = kinds != "good"
+    """Prints one check's line: image and pixel metrics, per type (maps at grid size)."""
     size = masks.shape[-1]
     heat = upsample_and_blur(torch.from_numpy(maps).float(), (size, size), 4.0).numpy()
+    report_heat(title, scores, heat, masks, kinds)
+
+
+def report_heat(title: str, scores: np.ndarray, heat: np.ndarray, masks: np.ndarray, kinds) -> None:
+    """Prints one check's line from heatmaps already at the masks' size."""
+    truth = kinds != "good"
     recalls = [
         recall_at_false_alarm_rate(scores[~truth], scores[truth], r) for r in (0.001, 0.01, 0.05)
     ]
