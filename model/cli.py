@@ -166,6 +166,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "score (Rippel et al. 2020)",
     )
     parser.add_argument(
+        "--input-standardisation",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.input_standardisation,
+        help="bring every image to one mean grey level and contrast before the backbone, so "
+        "exposure and gain do not move the features",
+    )
+    parser.add_argument(
         "--memory-bank-size",
         type=int,
         default=defaults.memory_bank_size,
@@ -203,6 +210,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         local_anomaly_share=args.local_anomaly_share,
         global_gaussian=args.global_gaussian,
         memory_bank_size=args.memory_bank_size,
+        input_standardisation=args.input_standardisation,
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
         device=args.device,

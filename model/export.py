@@ -1,7 +1,8 @@
 """Export of a fitted detector as one graph for an inference runtime (ONNX, OpenVINO IR).
 
-The graph takes a normalised batch ``images`` ``[B, 3, S, S]`` (dynamic ``B``) and returns
-``scores`` ``[B]`` (raw image scores: the max of each patch score map, which includes the
+The graph takes a normalised batch ``images`` ``[B, 3, S, S]`` (dynamic ``B``; each image
+standardised to one grey level and contrast inside the graph when the model does so) and
+returns ``scores`` ``[B]`` (raw image scores: the max of each patch score map, which includes the
 patch memory's distance map when the model has one, plus the global Gaussian term when the
 model has one) and ``heatmaps`` ``[B, S, S]`` (raw heatmaps: score maps upsampled and
 blurred); calibration stays outside the graph, in the metadata written beside it, as do the
@@ -67,6 +68,7 @@ class DetectorGraph(nn.Module):
 
     def __init__(self, detector: AnomalyDetector) -> None:
         super().__init__()
+        self.standardiser = detector.standardiser
         self.backbone = detector.backbone
         self.scorer = GraphScorer(detector.scorer)
         self.global_gaussian = detector.global_gaussian
@@ -82,6 +84,8 @@ class DetectorGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw image scores ``[B]`` and raw heatmaps ``[B, S, S]`` of a normalised batch."""
+        if self.standardiser is not None:
+            images = self.standardiser(images)
         layer_maps = self.backbone(images)
         maps = self.scorer(layer_maps)
         if self.patch_memory is not None:

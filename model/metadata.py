@@ -14,8 +14,10 @@ from model.errors import ArtifactError
 # 4: an optional image-level Gaussian term (global_gaussian.* tensors, metadata
 #    global_gaussian) and an optional patch memory bank (patch_memory.bank, metadata
 #    patch_memory); formats 2 and 3 read as having neither.
-ARTIFACT_FORMAT_VERSION = 4
-READABLE_FORMAT_VERSIONS = (2, 3, 4)
+# 5: input_standardisation (each image brought to one grey level and contrast before the
+#    backbone); formats 2 to 4 read as without it.
+ARTIFACT_FORMAT_VERSION = 5
+READABLE_FORMAT_VERSIONS = (2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class DetectorMetadata:
         extra: Free-form strings from the fit's caller.
         global_gaussian: The image-level Gaussian term added to the image score, or None.
         patch_memory: The nearest-neighbour term added to the score map, or None.
+        input_standardisation: Each image is brought to one mean grey level and contrast
+            before the backbone (``model.detector.IntensityStandardiser``).
     """
 
     version: str
@@ -182,6 +186,7 @@ class DetectorMetadata:
     extra: dict[str, str] = field(default_factory=dict)
     global_gaussian: GlobalGaussianTerm | None = None
     patch_memory: PatchMemoryTerm | None = None
+    input_standardisation: bool = False
 
     def to_json(self) -> str:
         """Serialises to a JSON string (stable key order)."""
@@ -205,6 +210,7 @@ class DetectorMetadata:
                 "format_version",
                 "global_gaussian",
                 "patch_memory",
+                "input_standardisation",
             }
             if unknown or missing:
                 raise ValueError(f"unknown fields {sorted(unknown)}, missing {sorted(missing)}")
@@ -220,6 +226,8 @@ class DetectorMetadata:
                     continue
                 if not isinstance(raw[name], int) or raw[name] < 1:
                     raise ValueError(f"{name} must be a positive integer, got {raw[name]!r}")
+            if not isinstance(raw.get("input_standardisation", False), bool):
+                raise ValueError("input_standardisation must be true or false")
             if not isinstance(raw["margin"], int | float) or raw["margin"] <= 0:
                 raise ValueError(f"margin must be a positive number, got {raw['margin']!r}")
             return cls(**raw)

@@ -52,6 +52,9 @@ class FitSettings(BaseModel):
     memory_bank_size: int = Field(
         default=4000, ge=0, le=100_000,
         description="Training patches kept as a nearest-neighbour memory bank; 0 turns it off.")
+    input_standardisation: bool = Field(
+        default=True,
+        description="Bring every frame to one mean grey level and contrast before the backbone.")
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 

@@ -92,7 +92,10 @@ def full_detector(backbone, image_size: int = 64, seed: int = 0) -> AnomalyDetec
         backbone=backbone,
         head=randomized_head(seed=seed),
         metadata=make_metadata(
-            image_size=image_size, global_gaussian=term, patch_memory=memory_term
+            image_size=image_size,
+            global_gaussian=term,
+            patch_memory=memory_term,
+            input_standardisation=True,
         ),
         global_gaussian=gaussian,
         patch_memory=memory,

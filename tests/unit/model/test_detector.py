@@ -127,3 +127,63 @@ def test_cuda_dtype_is_ignored_on_the_cpu(lite0, images):
             assert other_maps.dtype == torch.float32
             torch.testing.assert_close(other_maps, maps, rtol=0, atol=0)
             torch.testing.assert_close(other_scores, scores, rtol=0, atol=0)
+
+
+def _exposed(image: np.ndarray, gain: float, offset: float) -> np.ndarray:
+    """The same scene under another exposure: grey levels times ``gain`` plus ``offset``."""
+    return np.clip(image.astype(np.float64) * gain + offset + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_standardised_input_makes_scores_independent_of_exposure(lite0):
+    rng = np.random.default_rng(3)
+    scene = rng.integers(60, 160, size=(64, 64, 3), dtype=np.uint8)
+    shots = [scene, _exposed(scene, 1.5, -20.0), _exposed(scene, 0.6, 10.0)]
+    standardised = full_detector(lite0)
+    assert standardised.metadata.input_standardisation
+    scores = standardised.predict(shots).scores
+    # equal up to the uint8 rounding of the darker and brighter shots
+    np.testing.assert_allclose(scores[1:], scores[0], rtol=0.02)
+    plain = AnomalyDetector(
+        backbone=lite0,
+        head=randomized_head(),
+        metadata=replace(standardised.metadata, input_standardisation=False),
+        global_gaussian=standardised.global_gaussian,
+        patch_memory=standardised.patch_memory,
+    )
+    raw = plain.predict(shots).scores
+    assert np.max(np.abs(raw[1:] - raw[0])) > 10 * np.max(np.abs(scores[1:] - scores[0]))
+
+
+def test_standardiser_brings_images_to_one_level_and_spread():
+    from model.backbones import LITE_MEAN, LITE_STD
+    from model.detector import INPUT_LEVEL, INPUT_SPREAD, IntensityStandardiser
+
+    rng = np.random.default_rng(4)
+    images = [
+        rng.integers(0, 100, size=(32, 32, 3), dtype=np.uint8),
+        rng.integers(100, 256, size=(32, 40, 3), dtype=np.uint8),
+        np.full((32, 32, 3), 77, dtype=np.uint8),  # flat: no contrast to scale up
+    ]
+    standardiser = IntensityStandardiser(LITE_MEAN, LITE_STD)
+    batch = standardiser(images_to_tensor(images, 32, LITE_MEAN, LITE_STD))
+    raw = batch * torch.tensor(LITE_STD).view(1, 3, 1, 1) + torch.tensor(LITE_MEAN).view(1, 3, 1, 1)
+    levels = raw.mean(dim=(1, 2, 3))
+    spreads = raw.flatten(1).std(dim=1, unbiased=False)
+    np.testing.assert_allclose(levels.numpy(), INPUT_LEVEL, atol=1e-5)
+    np.testing.assert_allclose(spreads[:2].numpy(), INPUT_SPREAD, rtol=1e-4)
+    assert torch.isfinite(batch).all() and float(spreads[2]) < 1e-5
+
+
+def test_older_metadata_reads_without_standardisation_and_bad_values_are_refused():
+    import json
+
+    from model.errors import ArtifactError
+    from model.metadata import DetectorMetadata
+
+    raw = json.loads(make_metadata(input_standardisation=True).to_json())
+    assert DetectorMetadata.from_json(json.dumps(raw)).input_standardisation is True
+    del raw["input_standardisation"]
+    assert DetectorMetadata.from_json(json.dumps(raw)).input_standardisation is False
+    raw["input_standardisation"] = "yes"
+    with pytest.raises(ArtifactError, match="input_standardisation"):
+        DetectorMetadata.from_json(json.dumps(raw))

@@ -81,7 +81,8 @@ def test_detector_graph_adds_the_memory_map_and_the_gaussian_term(lite0):
     batch = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         maps, expected = detector.score(batch)
-        layer_maps = detector.backbone(batch)
+        assert detector.standardiser is not None  # the graph standardises the input too
+        layer_maps = detector.backbone(detector.standardiser(batch))
         simplenet = detector.scorer(layer_maps)
         memory = detector.patch_memory(detector.aggregator(layer_maps))
         term = detector.global_gaussian(layer_maps)

@@ -107,6 +107,8 @@ def test_a_fit_adds_both_terms_and_calibrates_the_summed_score(lite0):
     with torch.no_grad():
         batch = detector.preprocess(images[:4])
         maps, scores = detector.score(batch)
+        assert detector.standardiser is not None  # a default fit standardises its input
+        batch = detector.standardiser(batch)
         term_values = detector.global_gaussian(detector.backbone(batch))
         simplenet = detector.scorer(detector.backbone(batch))
         memory_map = detector.patch_memory(detector.aggregator(detector.backbone(batch)))
