@@ -1,7 +1,8 @@
-"""The full default with one change to its input or its memory bank (issue 12, stop 25).
+"""Stop 24's default with one change to its input or its memory bank (issue 12, stop 25).
 
-Each variant fits the product's default detector (``fit_detector``, defaults, ``--seed``)
-with one patch applied for the run only, scores the development split and the synthetic
+Each variant fits the product's detector (``fit_detector``, defaults but without the input
+standardisation that ``standardise`` measured and stop 25 made the default, ``--seed``) with
+one patch applied for the run only, scores the development split and the synthetic
 defects with ``AnomalyDetector.score`` and prints ``bench/variants.py``'s line per check:
 
 - ``gain``: every image, after the resize, multiplied by ``0.431 / its mean`` (mean 110 of
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,13 +79,13 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/fit_variants"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = FitConfig(seed=args.seed)
+    config = FitConfig(seed=args.seed, input_standardisation=False)
     if args.variant in ("gain", "standardise"):
         patch_input(args.variant)
     elif args.variant == "all-candidates":
         patch_candidates()
     else:
-        config = FitConfig(seed=args.seed, memory_bank_size=12000)
+        config = replace(config, memory_bank_size=12000)
     images = read_images(list_images(args.data / "train" / "good"))
     started = time.perf_counter()
     detector = fit_detector(images, config=config, product_line=args.data.name)
