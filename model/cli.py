@@ -233,7 +233,10 @@ def _run_fit(args: argparse.Namespace) -> int:
         parts.append(f"memory bank ({meta.patch_memory.size} patches)")
     if meta.global_gaussian is not None:
         parts.append("global Gaussian")
-    print(f"score: {' + '.join(parts)}")
+    standardised = (
+        "standardised to one grey level and contrast" if meta.input_standardisation else "as is"
+    )
+    print(f"score: {' + '.join(parts)}; input {standardised}")
     return 0
 
 

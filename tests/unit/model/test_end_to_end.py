@@ -72,7 +72,10 @@ def test_cli_fit_eval_predict(tmp_path, capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert "score: SimpleNet + memory bank (500 patches) + global Gaussian" in out
+    assert (
+        "score: SimpleNet + memory bank (500 patches) + global Gaussian; input standardised"
+        in out
+    )
     assert code == 0 and "image AUROC" in out and "AUPRO" in out
     assert "recall at 1% false alarms" in out and "target false alarm rate" in out
     assert len(list((tmp_path / "ov").glob("*.png"))) == 3
