@@ -1,8 +1,10 @@
-"""End to end with the real model: brighter or blurred real tiles raise a drift alert.
+"""End to end with the real model: blurred or noisy real tiles raise a drift alert.
 
 Fits a small SimpleNet on MTD good tiles, stores the artifact in a model store, scores
-unseen good tiles as they are, brightened and blurred, streams the results through Redis
-and lets the drift monitor compare them with the artifact's calibration scores.
+unseen good tiles as they are, blurred (a camera out of focus), noisy (a sensor at high
+gain) and brightened, streams the results through Redis and lets the drift monitor compare
+them with the artifact's calibration scores. The default model standardises each frame's
+grey level and contrast, so brighter light alone moves no score and raises no alert.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import redis
 
@@ -53,15 +56,26 @@ def _events(client: redis.Redis, prefix: str) -> list[str]:
     return [f[b"event"].decode() for _, f in client.xrange(f"{prefix}:drift:{LINE}")]
 
 
-@pytest.mark.parametrize("shift", ["brighter", "blurred"])
+def _shifted(images: list[np.ndarray], shift: str) -> list[np.ndarray]:
+    if shift == "brighter":
+        return [cv2.convertScaleAbs(im, alpha=1.3, beta=20) for im in images]
+    if shift == "noisy":
+        rng = np.random.default_rng(0)
+        return [
+            np.clip(im + rng.normal(0.0, 25.0, im.shape), 0, 255).astype(np.uint8) for im in images
+        ]
+    return [cv2.GaussianBlur(im, (0, 0), 3) for im in images]
+
+
+@pytest.mark.parametrize(
+    ("shift", "drifts"), [("blurred", True), ("noisy", True), ("brighter", False)]
+)
 def test_shifted_real_frames_raise_drift_normal_ones_do_not(
-    fitted, shift: str, redis_client: redis.Redis, key_prefix: str
+    fitted, shift: str, drifts: bool, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     detector, store, version, unseen = fitted
-    if shift == "brighter":
-        shifted_images = [cv2.convertScaleAbs(im, alpha=1.0, beta=80) for im in unseen]
-    else:
-        shifted_images = [cv2.GaussianBlur(im, (0, 0), 3) for im in unseen]
+    assert detector.metadata.input_standardisation  # the default
+    shifted_images = _shifted(unseen, shift)
     normal = detector.predict(unseen).normalized_scores
     shifted = detector.predict(shifted_images).normalized_scores
 
@@ -87,6 +101,10 @@ def test_shifted_real_frames_raise_drift_normal_ones_do_not(
 
     publish_results(redis_client, key_prefix, shifted, version, len(normal))
     _drain(monitor)
+    if not drifts:
+        assert _events(redis_client, key_prefix) == [], f"{shift} frames must not drift"
+        assert abs(float(np.mean(shifted)) - float(np.mean(normal))) < 0.1
+        return
     assert _events(redis_client, key_prefix) == ["drift_started"]
     assert registry.get_sample_value("linewatch_drift_active", {"line": LINE}) == 1.0
     evaluation = monitor.detector(LINE).last_evaluation
