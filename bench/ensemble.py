@@ -52,6 +52,14 @@ def normalised_scores(detector: AnomalyDetector, images: list[np.ndarray]) -> tu
     )
 
 
+def report_checks(title: str, detector: AnomalyDetector, data: Path) -> None:
+    """Prints ``bench/variants.py``'s line for each check of one detector (calibrated scale)."""
+    size = FitConfig().image_size  # masks at the default input size; maps are upsampled to it
+    for key, (images, masks, kinds) in check_sets(data).items():
+        scores, maps = normalised_scores(detector, images)
+        report(f"{title} {key}", scores, maps, resized_masks(masks, size), np.array(kinds))
+
+
 def on_one_grid(maps: list[np.ndarray]) -> list[np.ndarray]:
     """Score maps ``[N, h_i, w_i]`` resized (bilinear) to the finest member's grid."""
     grid = max((m.shape[-2:] for m in maps), key=lambda shape: shape[0] * shape[1])

@@ -24,10 +24,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from ensemble import normalised_scores
-from variants import DEFAULT_DATA, check_sets, report, resized_masks
+from ensemble import report_checks
+from variants import DEFAULT_DATA
 
 import model.detector as detector_module
 import model.trainer as trainer_module
@@ -92,15 +91,7 @@ def main() -> None:
     print(f"fit time  {time.perf_counter() - started:.1f} s", flush=True)
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     save_artifact(detector, args.runs_dir / f"{args.variant}-s{args.seed}.safetensors")
-    for key, (check_images, masks, kinds) in check_sets(args.data).items():
-        scores, maps = normalised_scores(detector, check_images)
-        report(
-            f"{args.variant} s{args.seed} {key}",
-            scores,
-            maps,
-            resized_masks(masks, 256),
-            np.array(kinds),
-        )
+    report_checks(f"{args.variant} s{args.seed}", detector, args.data)
 
 
 if __name__ == "__main__":

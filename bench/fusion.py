@@ -19,10 +19,9 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from ensemble import normalised_scores
-from variants import DEFAULT_DATA, check_sets, report, resized_masks
+from ensemble import report_checks
+from variants import DEFAULT_DATA
 
 import model.backbones as backbones_module
 import model.detector as detector_module
@@ -89,15 +88,7 @@ def main() -> None:
         backbone=CompositeBackbone(members, spec).freeze(),
     )
     print(f"fit time  {time.perf_counter() - started:.1f} s", flush=True)
-    for key, (check_images, masks, kinds) in check_sets(args.data).items():
-        scores, maps = normalised_scores(detector, check_images)
-        report(
-            f"fusion {spec.name} s{args.seed} {key}",
-            scores,
-            maps,
-            resized_masks(masks, 256),
-            np.array(kinds),
-        )
+    report_checks(f"fusion {spec.name} s{args.seed}", detector, args.data)
 
 
 if __name__ == "__main__":
