@@ -31,11 +31,11 @@ class IntensityStandardiser(nn.Module):
     channels and pixels) to mean :data:`INPUT_LEVEL` and standard deviation
     :data:`INPUT_SPREAD`, and normalises again, so the exposure and gain of the camera no
     longer move the features (MTD photographs each tile at six exposures, mean grey 67 to
-    153). Part of the detector's graph, so every runtime applies it. Development split /
-    synthetic defects, full default, seeds 0 and 1 (``bench/fit_variants.py standardise``):
-    recall at 1% false alarms .720 -> .765 and .660 -> .705, image AUROC +.008 / +.011;
-    synthetic figures within .01 (recall at 1% .835 -> .840, .795 -> .805). Dividing by the
-    mean alone (``gain``) cost the faint synthetic blotches more.
+    153). Part of the detector's graph, so every runtime applies it. Full default, seeds
+    0 / 1 / 2 (``bench/fit_variants.py standardise``): development recall at 1% false alarms
+    .720 -> .765, .660 -> .705, about .695 -> .785; synthetic defects .835 -> .840,
+    .795 -> .805, about .791 -> .845; synthetic pixel AUROC +.001 / -.008 / about -.008.
+    Dividing by the mean alone (``gain``) cost the faint synthetic blotches recall.
 
     Args:
         mean: Per-channel input mean of the backbone (0..1 scale).
