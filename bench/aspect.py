@@ -9,8 +9,8 @@ ratio is not whole); the others are squashed as now. The detector is fitted by t
 (``fit_detector``, defaults) on the training images' tiles and scores the tiles with
 ``AnomalyDetector.score``; an image's score is its tiles' max, its heatmap the tiles'
 heatmaps (upsampled and blurred at their own size) stitched by max and resized to 256 px as
-the masks. Prints ``bench/variants.py``'s line per check, and the squashed default's for
-comparison when ``--baseline`` names its saved artifact.
+the masks. Prints ``bench/variants.py``'s line per check (the squashed default's figures are
+``bench/quality.py``'s). A saved fit under ``--runs-dir`` is loaded instead of refitted.
 
     python bench/aspect.py [--max-aspect 1.25] [--seed 0] [--runs-dir runs/aspect]
 """
