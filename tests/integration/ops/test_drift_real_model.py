@@ -64,7 +64,9 @@ def _shifted(images: list[np.ndarray], shift: str) -> list[np.ndarray]:
         return [
             np.clip(im + rng.normal(0.0, 25.0, im.shape), 0, 255).astype(np.uint8) for im in images
         ]
-    return [cv2.GaussianBlur(im, (0, 0), 3) for im in images]
+    if shift == "blurred":
+        return [cv2.GaussianBlur(im, (0, 0), 3) for im in images]
+    raise ValueError(f"unknown shift {shift!r}")
 
 
 @pytest.mark.parametrize(
