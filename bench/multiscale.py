@@ -1,0 +1,149 @@
+"""One detector fitted and scored at two input scales (issue 12, stop 27).
+
+Stop 26 measured pairs of separately fitted detectors (256 px + 192 px) that kept the
+development figures and lifted the synthetic pixel AUROC; a pair needs two artifacts' worth
+of heads, banks and calibrations. This measures the one-detector form of the same idea:
+the product's ``fit_detector`` (defaults, ``--seed``) with three patches applied for the run
+only:
+
+- the feature cache runs the backbone on every standardised training batch and on the same
+  batch resized (bilinear, antialiased) to ``--small`` px, and the heads and the memory
+  bank's coreset see the patches of both scales (the global Gaussian keeps the full scale);
+- the detector's score map is the mean of the full-scale map and the small-scale map
+  resized (bilinear) to the full grid, SimpleNet and memory term alike;
+- the held-out calibration scales the memory term on the same two-scale mean.
+
+It then scores the development split and the synthetic defects with
+``AnomalyDetector.score`` and prints ``bench/variants.py``'s line per check.
+
+    python bench/multiscale.py [--small 192] [--seed 0]
+
+Measured on the 2-core CPU (stop 27, ``--small 192 --seed 0``, fit 272 s), beside the
+default's seed-0 fit (``python bench/quality.py``)::
+
+    multiscale-192 s0 dev: image AUROC 0.974  pixel AUROC 0.964  AUPRO 0.739  recall at
+      0.1/1/5% false alarms 0.500 / 0.755 / 0.830  | blowhole 0.967/0.73  break 0.983/0.79
+    multiscale-192 s0 syn: image AUROC 0.967  pixel AUROC 0.881  AUPRO 0.817  recall at
+      0.1/1/5% false alarms 0.660 / 0.860 / 0.875  | blotch 0.909/0.60  crack 0.994/0.98
+      fray 0.999/1.00  scratch 0.965/0.86
+    default s0: dev 0.973 / 0.966 / 0.763 / r1 0.760; syn 0.964 / 0.866 / 0.820 / r1 0.840
+
+A trade like the stop-26 pairs (synthetic pixel AUROC +.015, development AUPRO -.024) at
+1.56x the backbone work per image; one seed only, so not adopted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from ensemble import report_checks
+from variants import DEFAULT_DATA
+
+import model.trainer as trainer_module
+from model.data import list_images, read_images
+from model.detector import AnomalyDetector, images_to_tensor
+from model.global_gaussian import global_pool
+from model.trainer import FitConfig, FitProgress, fit_detector
+
+
+def shrunk(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """A normalised batch resized to ``size`` px (bilinear, antialiased)."""
+    return F.interpolate(
+        batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
+def patch(small: int) -> None:
+    """Makes the trainer and the detector work at the full and the small scale."""
+
+    @torch.inference_mode()
+    def extract(backbone, aggregator, images, config, progress=None):
+        spec = backbone.spec
+        standardiser = trainer_module.IntensityStandardiser(spec.mean, spec.std)
+        chunks, pooled = [], []
+        for start in range(0, len(images), config.batch_size):
+            chunk = images[start : start + config.batch_size]
+            batch = images_to_tensor(chunk, config.image_size, spec.mean, spec.std)
+            if config.input_standardisation:
+                batch = standardiser(batch)
+            layer_maps = backbone(batch)
+            full = aggregator(layer_maps).flatten(2).transpose(1, 2)
+            little = aggregator(backbone(shrunk(batch, small))).flatten(2).transpose(1, 2)
+            chunks.append(torch.cat([full, little], dim=1).float())
+            pooled.append(global_pool(layer_maps))
+            if progress is not None:
+                progress(start + len(chunk))
+        return torch.cat(chunks), torch.cat(pooled)
+
+    def scale_maps(self, batch, *, memory=None):
+        """Full-scale backbone maps and the two scales' mean score and memory maps."""
+        if self.standardiser is not None:
+            batch = self.standardiser(batch)
+        layer_maps, simplenet, distances = None, [], []
+        for scaled in (batch, shrunk(batch, small)):
+            maps = self.backbone(scaled)
+            layer_maps = maps if layer_maps is None else layer_maps
+            simplenet.append(self.scorer(maps))
+            if memory is not None:
+                distances.append(memory(self.aggregator([m.float() for m in maps])))
+        grid = simplenet[0].shape[-2:]
+
+        def mean(parts):
+            resized = F.interpolate(parts[1][:, None], size=grid, mode="bilinear")[:, 0]
+            return (parts[0] + resized) / 2
+
+        return layer_maps, mean(simplenet), (mean(distances) if distances else None)
+
+    def backbone_and_score_maps(self, batch, *, cuda_dtype=None):
+        layer_maps, maps, memory = scale_maps(self, batch, memory=self.patch_memory)
+        return layer_maps, maps if memory is None else maps + memory
+
+    @torch.inference_mode()
+    def holdout_parts(detector, memory, gaussian, images, batch_size, progress):
+        maps, memory_maps, distances = [], [], []
+        for start in range(0, len(images), batch_size):
+            batch = detector.preprocess(images[start : start + batch_size])
+            distance = None if memory is None else memory.distances
+            layer_maps, score_maps, memory_map = scale_maps(detector, batch, memory=distance)
+            maps.append(score_maps)
+            if memory_map is not None:
+                memory_maps.append(memory_map)
+            if gaussian is not None:
+                distances.append(gaussian.distances(global_pool(layer_maps)))
+            if progress is not None:
+                progress(FitProgress("calibration", min(start + batch_size, len(images)), 0))
+
+        def joined(parts):
+            return torch.cat(parts).numpy().astype(np.float64) if parts else None
+
+        return joined(maps), joined(memory_maps), joined(distances)
+
+    trainer_module.extract_patch_features = extract
+    trainer_module._holdout_parts = holdout_parts
+    AnomalyDetector.backbone_and_score_maps = backbone_and_score_maps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--small", type=int, default=192)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(2)
+    patch(args.small)
+    images = read_images(list_images(args.data / "train" / "good"))
+    started = time.perf_counter()
+    detector = fit_detector(images, config=FitConfig(seed=args.seed), product_line=args.data.name)
+    print(f"fit time  {time.perf_counter() - started:.1f} s", flush=True)
+    report_checks(f"multiscale-{args.small} s{args.seed}", detector, args.data)
+
+
+if __name__ == "__main__":
+    main()
