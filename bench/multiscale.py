@@ -85,20 +85,17 @@ def patch(small: int) -> None:
         """Full-scale backbone maps and the two scales' mean score and memory maps."""
         if self.standardiser is not None:
             batch = self.standardiser(batch)
-        layer_maps, simplenet, distances = None, [], []
-        for scaled in (batch, shrunk(batch, small)):
-            maps = self.backbone(scaled)
-            layer_maps = maps if layer_maps is None else layer_maps
-            simplenet.append(self.scorer(maps))
-            if memory is not None:
-                distances.append(memory(self.aggregator([m.float() for m in maps])))
-        grid = simplenet[0].shape[-2:]
+        full, little = self.backbone(batch), self.backbone(shrunk(batch, small))
 
-        def mean(parts):
-            resized = F.interpolate(parts[1][:, None], size=grid, mode="bilinear")[:, 0]
-            return (parts[0] + resized) / 2
+        def mean(term):
+            near, far = term(full), term(little)
+            resized = F.interpolate(far[:, None], size=near.shape[-2:], mode="bilinear")[:, 0]
+            return (near + resized) / 2
 
-        return layer_maps, mean(simplenet), (mean(distances) if distances else None)
+        def distances(maps):
+            return memory(self.aggregator([m.float() for m in maps]))
+
+        return full, mean(self.scorer), (None if memory is None else mean(distances))
 
     def backbone_and_score_maps(self, batch, *, cuda_dtype=None):
         layer_maps, maps, memory = scale_maps(self, batch, memory=self.patch_memory)
@@ -107,9 +104,9 @@ def patch(small: int) -> None:
     @torch.inference_mode()
     def holdout_parts(detector, memory, gaussian, images, batch_size, progress):
         maps, memory_maps, distances = [], [], []
+        distance = None if memory is None else memory.distances
         for start in range(0, len(images), batch_size):
             batch = detector.preprocess(images[start : start + batch_size])
-            distance = None if memory is None else memory.distances
             layer_maps, score_maps, memory_map = scale_maps(detector, batch, memory=distance)
             maps.append(score_maps)
             if memory_map is not None:
