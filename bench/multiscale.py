@@ -46,8 +46,9 @@ efficientnet_lite0:1`` (fits 202 s and 206 s)::
 
 Both seeds make the same trade: synthetic pixel AUROC +.014 / +.022 and recall at 1% false
 alarms +.020 / +.035, for development pixel AUROC -.002 / -.004 and AUPRO -.026 / -.054,
-development recall at 1% -.015 / .000, at 1.56x the backbone work per image. Neither
-development bar of issue 12 moves, so it is not adopted.
+development recall at 1% -.015 / .000, at 1.56x the backbone's input pixels per image
+(256² + 192² over 256², counted, not timed). Neither development bar of issue 12 moves, so
+it is not adopted.
 """
 
 from __future__ import annotations
