@@ -173,6 +173,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "exposure and gain do not move the features",
     )
     parser.add_argument(
+        "--second-scale",
+        type=float,
+        default=defaults.second_scale,
+        help="also score each image resized to this share of --image-size and average the two "
+        "score maps (large faint defects are found better at the smaller scale); 0 turns it off",
+    )
+    parser.add_argument(
         "--memory-bank-size",
         type=int,
         default=defaults.memory_bank_size,
@@ -211,6 +218,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         global_gaussian=args.global_gaussian,
         memory_bank_size=args.memory_bank_size,
         input_standardisation=args.input_standardisation,
+        second_scale=args.second_scale,
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
         device=args.device,
@@ -236,7 +244,11 @@ def _run_fit(args: argparse.Namespace) -> int:
     standardised = (
         "standardised to one grey level and contrast" if meta.input_standardisation else "as is"
     )
-    print(f"score: {' + '.join(parts)}; input {standardised}")
+    scales = (
+        f"{meta.image_size} px" if meta.second_image_size is None
+        else f"{meta.image_size} + {meta.second_image_size} px"
+    )
+    print(f"score: {' + '.join(parts)}; input {standardised}; scales {scales}")
     return 0
 
 

@@ -56,6 +56,63 @@ class IntensityStandardiser(nn.Module):
         return (scaled - self.mean) / self.std
 
 
+def resize_operator(source: int, target: int) -> torch.Tensor:
+    """Matrix ``R`` ``[target, source]`` of a bilinear, antialiased resize along one axis.
+
+    PyTorch's antialiased bilinear resize runs one axis after the other with the same
+    weights, so resizing a square ``X`` to ``target`` px is ``R @ X @ R.T``. ``R`` is found
+    by resizing unit images with ``F.interpolate`` itself (in float32, as the images are),
+    so the two agree to float32 rounding; as two matrix products the resize exports to
+    every runtime (ONNX opset 17 has no antialiased resize).
+
+    Args:
+        source: Input side.
+        target: Output side.
+
+    Returns:
+        ``[target, source]`` float32.
+    """
+    units = torch.eye(source)[:, None, :, None].expand(source, 1, source, 4).contiguous()
+    resized = F.interpolate(
+        units, size=(target, 4), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized[:, 0, :, 0].T.contiguous()
+
+
+class InputRescaler(nn.Module):
+    """Resizes a square batch to the detector's second input scale (two matrix products).
+
+    Args:
+        size: Side of the input batch.
+        target: Side of the output batch.
+    """
+
+    def __init__(self, size: int, target: int) -> None:
+        super().__init__()
+        operator = resize_operator(size, target)
+        self.register_buffer("operator", operator)  # [t, S]
+        self.register_buffer("operator_t", operator.T.contiguous())  # [S, t]
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """``[B, C, S, S]`` -> ``[B, C, t, t]`` (bilinear, antialiased)."""
+        return torch.matmul(torch.matmul(self.operator, batch), self.operator_t)
+
+
+def merge_scales(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One score map ``[B, h, w]`` from the maps of each input scale, the full scale first.
+
+    With one scale its map; with two, the mean of the full-scale map and the second
+    scale's map resized (bilinear) to the full-scale grid.
+    """
+    if len(maps) == 1:
+        return maps[0]
+    full, second = maps
+    grown = F.interpolate(
+        second.unsqueeze(1), size=full.shape[-2:], mode="bilinear", align_corners=False
+    )
+    return (full + grown.squeeze(1)) / 2
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Result of :meth:`AnomalyDetector.predict` for a batch of ``B`` images.
@@ -248,6 +305,11 @@ class AnomalyDetector(nn.Module):
         self.standardiser = (
             IntensityStandardiser(spec.mean, spec.std) if metadata.input_standardisation else None
         )
+        self.rescaler = (
+            InputRescaler(metadata.image_size, metadata.second_image_size)
+            if metadata.second_image_size is not None
+            else None
+        )
         self.global_gaussian = global_gaussian
         self.patch_memory = patch_memory
         self.aggregator = PatchFeatureAggregator(
@@ -270,14 +332,15 @@ class AnomalyDetector(nn.Module):
         batch = images_to_tensor(images, self.metadata.image_size, spec.mean, spec.std)
         return batch.to(self.device, non_blocking=True)
 
-    def backbone_and_score_maps(
+    def scale_maps(
         self, batch: torch.Tensor, *, cuda_dtype: torch.dtype | None = None
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Backbone maps and float32 patch score maps ``[B, h, w]`` of a normalised batch.
+    ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+        """Backbone maps and float32 SimpleNet maps at each input scale, the full one first.
 
-        The score map is the folded SimpleNet map plus, when the model has one, the patch
-        memory's distance map. On CUDA the backbone and the folded head run under autocast
-        (bfloat16, or float16 without bfloat16 support); the distances always in float32.
+        The batch is standardised first when the model does so; a model with a second input
+        scale also runs the backbone on the batch resized to it (:class:`InputRescaler`).
+        On CUDA the backbone and the folded head run under autocast (bfloat16, or float16
+        without bfloat16 support).
 
         Args:
             batch: ``[B, 3, S, S]`` normalised images on the detector's device.
@@ -286,21 +349,38 @@ class AnomalyDetector(nn.Module):
         """
         if self.standardiser is not None:
             batch = self.standardiser(batch)
+        batches = [batch] if self.rescaler is None else [batch, self.rescaler(batch)]
         if batch.device.type == "cuda" and cuda_dtype != torch.float32:
             dtype = cuda_dtype or (
                 torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             )
             with torch.autocast("cuda", dtype=dtype):
-                layer_maps = self.backbone(batch)
-                maps = self.scorer(layer_maps)
-            maps = maps.float()
-        else:
-            layer_maps = self.backbone(batch)
-            maps = self.scorer(layer_maps)
+                layer_maps = [self.backbone(scaled) for scaled in batches]
+                maps = [self.scorer(layers) for layers in layer_maps]
+            return layer_maps, [scale_map.float() for scale_map in maps]
+        layer_maps = [self.backbone(scaled) for scaled in batches]
+        return layer_maps, [self.scorer(layers) for layers in layer_maps]
+
+    def backbone_and_score_maps(
+        self, batch: torch.Tensor, *, cuda_dtype: torch.dtype | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Full-scale backbone maps and float32 patch score maps ``[B, h, w]`` of a batch.
+
+        Each scale's map (:meth:`scale_maps`) is the folded SimpleNet map plus, when the
+        model has one, the patch memory's distance map (always in float32); with a second
+        input scale the two are merged by :func:`merge_scales`.
+
+        Args:
+            batch: ``[B, 3, S, S]`` normalised images on the detector's device.
+            cuda_dtype: As :meth:`scale_maps`.
+        """
+        layer_maps, maps = self.scale_maps(batch, cuda_dtype=cuda_dtype)
         if self.patch_memory is not None:
-            features = self.aggregator([layer.float() for layer in layer_maps])
-            maps = maps + self.patch_memory(features)
-        return layer_maps, maps
+            maps = [
+                scale_map + self.patch_memory(self.aggregator([m.float() for m in layers]))
+                for scale_map, layers in zip(maps, layer_maps, strict=True)
+            ]
+        return layer_maps[0], merge_scales(maps)
 
     def score(
         self, batch: torch.Tensor, *, cuda_dtype: torch.dtype | None = None

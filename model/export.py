@@ -1,7 +1,8 @@
 """Export of a fitted detector as one graph for an inference runtime (ONNX, OpenVINO IR).
 
 The graph takes a normalised batch ``images`` ``[B, 3, S, S]`` (dynamic ``B``; each image
-standardised to one grey level and contrast inside the graph when the model does so) and
+standardised to one grey level and contrast inside the graph when the model does so, and
+scored at its second input scale too when it has one) and
 returns ``scores`` ``[B]`` (raw image scores: the max of each patch score map, which includes the
 patch memory's distance map when the model has one, plus the global Gaussian term when the
 model has one) and ``heatmaps`` ``[B, S, S]`` (raw heatmaps: score maps upsampled and
@@ -35,7 +36,7 @@ from torch import nn
 
 from model.artifact import load_artifact
 from model.backbones import BACKBONE_SPECS
-from model.detector import AnomalyDetector, heatmap_operators
+from model.detector import AnomalyDetector, heatmap_operators, merge_scales
 from model.errors import ArtifactError, ModelError
 from model.folding import GraphScorer
 from model.metadata import ARTIFACT_FORMAT_VERSION, DetectorMetadata
@@ -58,8 +59,9 @@ class DetectorGraph(nn.Module):
     """The whole detector as one feed-forward graph: trunk, folded head, max, heatmap.
 
     With a patch memory the score map adds its distance map (from the unfolded patch
-    features); with a global Gaussian term the image score adds it, from the same backbone
-    maps.
+    features); with a second input scale the batch is also resized to it (two matrix
+    products) and the two scales' maps are merged as the detector does; with a global
+    Gaussian term the image score adds it, from the full-scale backbone maps.
 
     Args:
         detector: Fitted detector (its folded scorer is copied into a
@@ -69,6 +71,7 @@ class DetectorGraph(nn.Module):
     def __init__(self, detector: AnomalyDetector) -> None:
         super().__init__()
         self.standardiser = detector.standardiser
+        self.rescaler = detector.rescaler
         self.backbone = detector.backbone
         self.scorer = GraphScorer(detector.scorer)
         self.global_gaussian = detector.global_gaussian
@@ -86,13 +89,18 @@ class DetectorGraph(nn.Module):
         """Raw image scores ``[B]`` and raw heatmaps ``[B, S, S]`` of a normalised batch."""
         if self.standardiser is not None:
             images = self.standardiser(images)
-        layer_maps = self.backbone(images)
-        maps = self.scorer(layer_maps)
+        batches = [images] if self.rescaler is None else [images, self.rescaler(images)]
+        layer_maps = [self.backbone(scaled) for scaled in batches]
+        scale_maps = [self.scorer(layers) for layers in layer_maps]
         if self.patch_memory is not None:
-            maps = maps + self.patch_memory(self.aggregator(layer_maps))
+            scale_maps = [
+                scale_map + self.patch_memory(self.aggregator(layers))
+                for scale_map, layers in zip(scale_maps, layer_maps, strict=True)
+            ]
+        maps = merge_scales(scale_maps)
         scores = torch.amax(maps.flatten(1), dim=1)
         if self.global_gaussian is not None:
-            scores = scores + self.global_gaussian(layer_maps)
+            scores = scores + self.global_gaussian(layer_maps[0])
         heatmaps = torch.matmul(torch.matmul(self.operator_h, maps), self.operator_w_t)
         return scores, heatmaps
 

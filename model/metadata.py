@@ -16,8 +16,11 @@ from model.errors import ArtifactError
 #    patch_memory); formats 2 and 3 read as having neither.
 # 5: input_standardisation (each image brought to one grey level and contrast before the
 #    backbone); formats 2 to 4 read as without it.
-ARTIFACT_FORMAT_VERSION = 5
-READABLE_FORMAT_VERSIONS = (2, 3, 4, 5)
+# 6: second_image_size (the detector also scores each image resized to a second, smaller
+#    side and averages the two score maps); formats 2 to 5 read as one scale.
+ARTIFACT_FORMAT_VERSION = 6
+MIN_IMAGE_SIZE = 32  # smallest input side: one cell of the stride-32 layers
+READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, 6)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,9 @@ class DetectorMetadata:
         patch_memory: The nearest-neighbour term added to the score map, or None.
         input_standardisation: Each image is brought to one mean grey level and contrast
             before the backbone (``model.detector.IntensityStandardiser``).
+        second_image_size: Side of the second input scale (``model.detector.InputRescaler``:
+            each image is also scored resized to it, and the two score maps averaged), or
+            None for one scale. Smaller than ``image_size``.
     """
 
     version: str
@@ -187,6 +193,7 @@ class DetectorMetadata:
     global_gaussian: GlobalGaussianTerm | None = None
     patch_memory: PatchMemoryTerm | None = None
     input_standardisation: bool = False
+    second_image_size: int | None = None
 
     def to_json(self) -> str:
         """Serialises to a JSON string (stable key order)."""
@@ -211,6 +218,7 @@ class DetectorMetadata:
                 "global_gaussian",
                 "patch_memory",
                 "input_standardisation",
+                "second_image_size",
             }
             if unknown or missing:
                 raise ValueError(f"unknown fields {sorted(unknown)}, missing {sorted(missing)}")
@@ -226,6 +234,16 @@ class DetectorMetadata:
                     continue
                 if not isinstance(raw[name], int) or raw[name] < 1:
                     raise ValueError(f"{name} must be a positive integer, got {raw[name]!r}")
+            second = raw.get("second_image_size")
+            if second is not None and (
+                not isinstance(second, int)
+                or isinstance(second, bool)
+                or not MIN_IMAGE_SIZE <= second < raw["image_size"]
+            ):
+                raise ValueError(
+                    f"second_image_size must be null or an integer from {MIN_IMAGE_SIZE} to "
+                    f"image_size - 1, got {second!r}"
+                )
             if not isinstance(raw.get("input_standardisation", False), bool):
                 raise ValueError("input_standardisation must be true or false")
             if not isinstance(raw["margin"], int | float) or raw["margin"] <= 0:

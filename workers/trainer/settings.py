@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from pipeline.settings import KafkaSettings, ProcessSettings, RedisSettings
 
@@ -55,8 +55,22 @@ class FitSettings(BaseModel):
     input_standardisation: bool = Field(
         default=True,
         description="Bring every frame to one mean grey level and contrast before the backbone.")
+    second_scale: float = Field(
+        default=0.75, ge=0, lt=1,
+        description="Also score each frame resized to this share of image_size and average "
+        "the two score maps; 0 turns it off.")
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+
+    @model_validator(mode="after")
+    def _second_scale_fits(self) -> FitSettings:
+        side = round(self.image_size * self.second_scale)
+        if self.second_scale and not 32 <= side < self.image_size:
+            raise ValueError(
+                f"second_scale {self.second_scale} of image_size {self.image_size} gives "
+                f"{side} px, not from 32 px to image_size - 1; set 0 to turn it off"
+            )
+        return self
 
 
 class GateSettings(BaseModel):

@@ -84,8 +84,16 @@ def random_memory(
     return PatchMemory(bank, center=term.center, weight=term.weight), term
 
 
-def full_detector(backbone, image_size: int = 64, seed: int = 0) -> AnomalyDetector:
-    """A random detector with a random patch memory and a random global Gaussian term."""
+def full_detector(
+    backbone, image_size: int = 64, seed: int = 0, second_image_size: int | None = -1
+) -> AnomalyDetector:
+    """A random detector with a random patch memory and a random global Gaussian term.
+
+    It standardises its input and, as a default fit does, also scores a second input scale
+    (``second_image_size``; -1: three quarters of ``image_size``, None: one scale).
+    """
+    if second_image_size == -1:
+        second_image_size = round(0.75 * image_size)
     gaussian, term = random_gaussian(seed=seed)
     memory, memory_term = random_memory(seed=seed)
     return AnomalyDetector(
@@ -96,6 +104,7 @@ def full_detector(backbone, image_size: int = 64, seed: int = 0) -> AnomalyDetec
             global_gaussian=term,
             patch_memory=memory_term,
             input_standardisation=True,
+            second_image_size=second_image_size,
         ),
         global_gaussian=gaussian,
         patch_memory=memory,

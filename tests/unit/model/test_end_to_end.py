@@ -58,6 +58,7 @@ def test_cli_fit_eval_predict(tmp_path, capsys):
     meta = load_artifact(artifact).metadata
     assert meta.train_image_count + meta.holdout_image_count == 50
     assert meta.patch_memory is not None and meta.patch_memory.size == 500
+    assert meta.second_image_size == 48  # the default second scale, 0.75
     code = cli.main(
         [
             "eval",
@@ -73,8 +74,8 @@ def test_cli_fit_eval_predict(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert (
-        "score: SimpleNet + memory bank (500 patches) + global Gaussian; input standardised"
-        in out
+        "score: SimpleNet + memory bank (500 patches) + global Gaussian; input standardised "
+        "to one grey level and contrast; scales 64 + 48 px" in out
     )
     assert code == 0 and "image AUROC" in out and "AUPRO" in out
     assert "recall at 1% false alarms" in out and "target false alarm rate" in out

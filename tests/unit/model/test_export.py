@@ -77,7 +77,7 @@ def test_detector_graph_equals_score_maps_max_and_heatmaps(random_detector):
 
 
 def test_detector_graph_adds_the_memory_map_and_the_gaussian_term(lite0):
-    detector = full_detector(lite0, seed=1)
+    detector = full_detector(lite0, seed=1, second_image_size=None)
     batch = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         maps, expected = detector.score(batch)
@@ -93,6 +93,38 @@ def test_detector_graph_adds_the_memory_map_and_the_gaussian_term(lite0):
     assert relative_error(heatmaps.numpy(), detector.heatmaps(maps).numpy()) < TOLERANCE
 
 
+def test_detector_graph_averages_the_two_input_scales(lite0):
+    """Eager detector and graph against a reference built from ``F.interpolate`` itself:
+    each scale's SimpleNet + memory map, the second resized to the first's grid, averaged;
+    the Gaussian term from the full scale only."""
+    import torch.nn.functional as F  # noqa: N812
+
+    detector = full_detector(lite0, seed=2)
+    assert detector.metadata.second_image_size == 48
+    batch = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps, expected = detector.score(batch)
+        standardised = detector.standardiser(batch)
+        small = F.interpolate(
+            standardised, size=(48, 48), mode="bilinear", align_corners=False, antialias=True
+        )
+        per_scale = []
+        for images in (standardised, small):
+            layer_maps = detector.backbone(images)
+            per_scale.append(
+                detector.scorer(layer_maps)
+                + detector.patch_memory(detector.aggregator(layer_maps))
+            )
+        assert per_scale[0].shape == (2, 8, 8) and per_scale[1].shape == (2, 6, 6)
+        grown = F.interpolate(per_scale[1][:, None], size=(8, 8), mode="bilinear")[:, 0]
+        term = detector.global_gaussian(detector.backbone(standardised))
+        scores, heatmaps = DetectorGraph(detector)(batch)
+    assert relative_error(maps.numpy(), ((per_scale[0] + grown) / 2).numpy()) < 1e-5
+    assert relative_error(expected.numpy(), (maps.flatten(1).amax(1) + term).numpy()) < 1e-6
+    assert relative_error(scores.numpy(), expected.numpy()) < TOLERANCE
+    assert relative_error(heatmaps.numpy(), detector.heatmaps(maps).numpy()) < TOLERANCE
+
+
 def test_export_writes_checksummed_metadata(exported):
     detector, artifact, exports = exported
     for name, files in (("onnx", {"model.onnx"}), ("openvino", {"model.xml", "model.bin"})):
@@ -101,6 +133,7 @@ def test_export_writes_checksummed_metadata(exported):
         assert set(metadata.files) == files
         assert metadata.detector == detector.metadata
         assert metadata.detector.image_size == 96
+        assert metadata.detector.second_image_size == 72  # the graph has both scales
         assert all(file_sha256(exports[name] / f) == h for f, h in metadata.files.items())
         assert (exports[name] / METADATA_NAME).is_file()
 

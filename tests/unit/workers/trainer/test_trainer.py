@@ -184,6 +184,24 @@ def test_settings_from_environment(tmp_path, monkeypatch):
     assert "pw" not in repr(settings)
 
 
+def test_a_second_scale_under_32_px_fails_at_start_up_naming_the_field(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LINEWATCH_REDIS__URL", "redis://r:6379/0")
+    monkeypatch.setenv("LINEWATCH_MODEL_STORE", "/models")
+    monkeypatch.setenv("LINEWATCH_FIT__IMAGE_SIZE", "40")
+    monkeypatch.setenv("LINEWATCH_FIT__SECOND_SCALE", "0.5")
+    with pytest.raises(ValidationError, match="second_scale"):
+        TrainerSettings()
+    for bad in ("1", "0.99"):  # 0.99 x 40 rounds to 40: no smaller scale
+        monkeypatch.setenv("LINEWATCH_FIT__SECOND_SCALE", bad)
+        with pytest.raises(ValidationError, match="second_scale"):
+            TrainerSettings()
+    monkeypatch.setenv("LINEWATCH_FIT__SECOND_SCALE", "0")  # off
+    assert TrainerSettings().fit.second_scale == 0.0
+
+
 def test_fit_defaults_are_the_model_packages():
     """FitSettings writes the model's defaults out (reading settings must not load torch)."""
     from model.trainer import FitConfig
