@@ -15,7 +15,8 @@ recall at 0.1 / 1 / 5 % false alarms and the false-alarm rate the calibrated thr
 actually gives on the unseen good tiles.
 
     python bench/quality.py [--data ../shared/data/mtd] [--overlays runs/quality] [--seed N]
-        [--backbone NAME] [--heads K] [--image-size S] [--memory-bank-size N] [--device cuda]
+        [--backbone NAME] [--heads K] [--image-size S] [--memory-bank-size N]
+        [--second-scale F] [--device cuda]
 """
 
 from __future__ import annotations
@@ -61,13 +62,18 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="override")
     parser.add_argument("--memory-bank-size", type=int, default=None, help="override (0: none)")
     parser.add_argument(
+        "--second-scale", type=float, default=None, help="override (0: one input scale)"
+    )
+    parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device of the fit and the checks (default: cuda when available, else cpu)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    names = ("backbone", "heads", "local_anomaly_share", "image_size", "memory_bank_size")
+    names = (
+        "backbone", "heads", "local_anomaly_share", "image_size", "memory_bank_size", "second_scale"
+    )
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     config = FitConfig(seed=args.seed, device=args.device, **overrides)
     images = read_images(list_images(args.data / "train" / "good"))

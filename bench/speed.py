@@ -6,8 +6,10 @@ speed does not depend on the values) saved as an artifact and loaded the way the
 it: eager PyTorch (``torch``), ONNX Runtime and OpenVINO (exported on load). "Full" is what
 a worker's model call does with a batch of decoded 256 px frames: normalise, backbone,
 folded head, memory bank distances, image score (max + Gaussian term), upsampled and blurred
-heatmap, calibration. Rows ending in ``-bare`` are the same detector without the memory bank
-and the Gaussian term (SimpleNet alone), for their cost. Each repeat times one batch of
+heatmap, calibration, each at both input scales (256 px and the second scale, 192 px).
+Rows ending in ``-bare`` are the same detector without the memory bank and the Gaussian term
+(SimpleNet alone), rows ending in ``-1scale`` the full detector at 256 px only, for their
+cost. Each repeat times one batch of
 every runtime back to back, so drift in the machine's load hits all alike; the median of
 the repeats is reported.
 
@@ -60,10 +62,13 @@ BACKBONE = "efficientnet_lite0"
 FIT_DEFAULTS = FitConfig()  # the default ensemble size, width and margin
 
 
-def lite0_detector(size: int = SIZE, extras: bool = True) -> AnomalyDetector:
+def lite0_detector(
+    size: int = SIZE, extras: bool = True, second_scale: bool = True
+) -> AnomalyDetector:
     """The default Lite0 detector (ImageNet trunk, random heads) at ``size`` px.
 
     ``extras``: with a random memory bank of the default size and a random global Gaussian.
+    ``second_scale``: also scoring the default second input scale.
     """
     torch.manual_seed(0)
     backbone = build_backbone(BACKBONE)
@@ -76,7 +81,9 @@ def lite0_detector(size: int = SIZE, extras: bool = True) -> AnomalyDetector:
         margin=FIT_DEFAULTS.margin, noise_sigma=0.015, feature_scale=1.0, epochs=1,
         calibration=Calibration(0.0, 1.0, 0.01, 0.01), calibration_scores=(),
         train_image_count=0, holdout_image_count=0, train_fingerprint="", created_at="",
-        code_version="bench")
+        code_version="bench", input_standardisation=FIT_DEFAULTS.input_standardisation,
+        second_image_size=(
+            round(size * FIT_DEFAULTS.second_scale) if second_scale else None))
     head = HeadEnsemble.empty(FIT_DEFAULTS.heads, embed, FIT_DEFAULTS.hidden_dim,
                               -FIT_DEFAULTS.margin).eval()
     if not extras:
@@ -106,11 +113,15 @@ def main() -> None:
     artifact = save_artifact(lite0_detector(), work / "bench.safetensors")
     detectors = {name: load_model(artifact, name, "cpu", cache_dir=work / "cache",
                                   threads=args.threads) for name in args.runtimes}
-    bare = save_artifact(lite0_detector(extras=False), work / "bare.safetensors")
-    for name in ("torch", "openvino"):
-        if name in args.runtimes:
-            detectors[f"{name}-bare"] = load_model(bare, name, "cpu", cache_dir=work / "cache",
-                                                   threads=args.threads)
+    variants = {
+        "bare": save_artifact(lite0_detector(extras=False), work / "bare.safetensors"),
+        "1scale": save_artifact(lite0_detector(second_scale=False), work / "one.safetensors"),
+    }
+    for suffix, path in variants.items():
+        for name in ("torch", "openvino"):
+            if name in args.runtimes:
+                detectors[f"{name}-{suffix}"] = load_model(
+                    path, name, "cpu", cache_dir=work / "cache", threads=args.threads)
     if "openvino" in args.runtimes and not args.no_bf16:
         detectors["openvino-bf16"] = load_model(artifact, "openvino", "cpu",
                                                 cache_dir=work / "cache", threads=args.threads,
@@ -140,12 +151,14 @@ def main() -> None:
     print(header)
     for name in detectors:
         print(f"{name:<14}" + "".join(f"{rates[name, b]:>10.1f}" for b in args.batches))
-    for name in ("torch", "openvino"):
-        if f"{name}-bare" in detectors:
-            ratio = max(rates[name, b] for b in args.batches) / max(
-                rates[f"{name}-bare", b] for b in args.batches)
-            print(f"{name}: with memory bank and Gaussian term / SimpleNet alone, best batch "
-                  f"each: {ratio:.2f}")
+    labels = {"bare": "with memory bank and Gaussian term / SimpleNet alone",
+              "1scale": "at 256 + 192 px / at 256 px only"}
+    for suffix, label in labels.items():
+        for name in ("torch", "openvino"):
+            if f"{name}-{suffix}" in detectors:
+                ratio = max(rates[name, b] for b in args.batches) / max(
+                    rates[f"{name}-{suffix}", b] for b in args.batches)
+                print(f"{name}: {label}, best batch each: {ratio:.2f}")
     exact = {key: value for key, value in rates.items() if key[0] in RUNTIMES}
     best_name, best_batch = max(exact, key=exact.__getitem__)
     if "torch" in detectors:
