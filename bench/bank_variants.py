@@ -81,6 +81,11 @@ class Bench:
 
     def __init__(self, run: Path, data: Path, *, bank_pooling: Callable | None = None) -> None:
         self.detector = load_artifact(run)
+        if self.detector.rescaler is not None:
+            raise SystemExit(
+                f"{run} scores two input scales; these variants are of one: fit the run with "
+                "bench/variants.py --second-scale 0"
+            )
         if bank_pooling is not None:  # the run's SimpleNet pools otherwise than the bank
             self.detector.aggregator.pooled_layers = bank_pooling
         # the product's pooled columns (its Gaussian's); the stage ends' pooled maps follow

@@ -101,6 +101,8 @@ def patch_edge_weight() -> None:
     def train_heads(features: torch.Tensor, *args, **kwargs):
         _, count, dims = features.shape
         side = round(count**0.5)
+        if side * side != count:
+            raise SystemExit("edge-weight needs one input scale: add --second-scale 0")
         rows, cols = np.divmod(np.arange(count), side)
         near = np.minimum(np.minimum(rows, side - 1 - rows), np.minimum(cols, side - 1 - cols))
         border = torch.from_numpy(np.flatnonzero(near < EDGE_CELLS))

@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/fit_variants"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = FitConfig(seed=args.seed, input_standardisation=False)
+    # stop 24's default: one input scale, no standardisation
+    config = FitConfig(seed=args.seed, input_standardisation=False, second_scale=0.0)
     if args.variant in ("gain", "standardise"):
         patch_input(args.variant)
     elif args.variant == "all-candidates":

@@ -233,6 +233,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory-bank-size", type=int, default=0, help="0: SimpleNet alone")
+    parser.add_argument(
+        "--second-scale", type=float, default=FitConfig().second_scale, help="0: one input scale"
+    )
     parser.add_argument("--neighbourhood", default=None, help="per layer, e.g. 3,3,5")
     parser.add_argument("--score-neighbourhood", default=None, help="scoring only, e.g. 3,3,1")
     parser.add_argument("--per-dimension-noise", action="store_true")
@@ -264,6 +267,7 @@ def main() -> None:
             seed=args.seed,
             global_gaussian=False,
             memory_bank_size=args.memory_bank_size,
+            second_scale=args.second_scale,
         )
         images = read_images(list_images(args.data / "train" / "good"))
         detector = fit_detector(images, config=config, product_line=args.data.name)
