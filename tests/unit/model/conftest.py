@@ -111,6 +111,33 @@ def full_detector(
     )
 
 
+def two_scale_reference(
+    detector: AnomalyDetector, batch: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """A two-scale detector's maps rebuilt from ``F.interpolate`` itself.
+
+    Returns:
+        Each scale's SimpleNet + memory map (full scale first), their mean on the full grid
+        (the second resized bilinearly) and the Gaussian term of the full scale.
+    """
+    import torch.nn.functional as F  # noqa: N812
+
+    second = detector.metadata.second_image_size
+    standardised = detector.standardiser(batch)
+    small = F.interpolate(
+        standardised, size=(second, second), mode="bilinear", align_corners=False, antialias=True
+    )
+    per_scale = []
+    for scaled in (standardised, small):
+        layer_maps = detector.backbone(scaled)
+        per_scale.append(
+            detector.scorer(layer_maps) + detector.patch_memory(detector.aggregator(layer_maps))
+        )
+    grown = F.interpolate(per_scale[1][:, None], size=per_scale[0].shape[-2:], mode="bilinear")
+    term = detector.global_gaussian(detector.backbone(standardised))
+    return per_scale, (per_scale[0] + grown[:, 0]) / 2, term
+
+
 @pytest.fixture()
 def random_detector(lite0) -> AnomalyDetector:
     return AnomalyDetector(backbone=lite0, head=randomized_head(), metadata=make_metadata())

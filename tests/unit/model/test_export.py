@@ -24,7 +24,7 @@ from model.export import (
     read_export,
 )
 from model.folding import GraphScorer
-from tests.unit.model.conftest import full_detector
+from tests.unit.model.conftest import full_detector, two_scale_reference
 
 MTD = Path(__file__).resolve().parents[4] / "shared" / "data" / "mtd"
 TOLERANCE = 1e-4  # relative to the largest magnitude of the eager output
@@ -97,29 +97,15 @@ def test_detector_graph_averages_the_two_input_scales(lite0):
     """Eager detector and graph against a reference built from ``F.interpolate`` itself:
     each scale's SimpleNet + memory map, the second resized to the first's grid, averaged;
     the Gaussian term from the full scale only."""
-    import torch.nn.functional as F  # noqa: N812
-
     detector = full_detector(lite0, seed=2)
     assert detector.metadata.second_image_size == 48
     batch = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         maps, expected = detector.score(batch)
-        standardised = detector.standardiser(batch)
-        small = F.interpolate(
-            standardised, size=(48, 48), mode="bilinear", align_corners=False, antialias=True
-        )
-        per_scale = []
-        for images in (standardised, small):
-            layer_maps = detector.backbone(images)
-            per_scale.append(
-                detector.scorer(layer_maps)
-                + detector.patch_memory(detector.aggregator(layer_maps))
-            )
+        per_scale, merged, term = two_scale_reference(detector, batch)
         assert per_scale[0].shape == (2, 8, 8) and per_scale[1].shape == (2, 6, 6)
-        grown = F.interpolate(per_scale[1][:, None], size=(8, 8), mode="bilinear")[:, 0]
-        term = detector.global_gaussian(detector.backbone(standardised))
         scores, heatmaps = DetectorGraph(detector)(batch)
-    assert relative_error(maps.numpy(), ((per_scale[0] + grown) / 2).numpy()) < 1e-5
+    assert relative_error(maps.numpy(), merged.numpy()) < 1e-5
     assert relative_error(expected.numpy(), (maps.flatten(1).amax(1) + term).numpy()) < 1e-6
     assert relative_error(scores.numpy(), expected.numpy()) < TOLERANCE
     assert relative_error(heatmaps.numpy(), detector.heatmaps(maps).numpy()) < TOLERANCE

@@ -11,7 +11,7 @@ from model.detector import InputRescaler, merge_scales, resize_operator
 from model.errors import ArtifactError
 from model.metadata import DetectorMetadata
 from model.trainer import FitConfig, extract_patch_features, fit_detector
-from tests.unit.model.conftest import make_metadata
+from tests.unit.model.conftest import make_metadata, two_scale_reference
 
 
 @pytest.mark.parametrize(("size", "target"), [(256, 192), (64, 48), (96, 37)])
@@ -94,20 +94,8 @@ def test_a_default_fit_scores_both_scales_and_calibrates_the_merged_score(lite0)
     with torch.no_grad():
         batch = detector.preprocess(images[:4])
         maps, scores = detector.score(batch)
-        standardised = detector.standardiser(batch)
-        small = F.interpolate(
-            standardised, size=(48, 48), mode="bilinear", align_corners=False, antialias=True
-        )
-        per_scale = []
-        for scaled in (standardised, small):
-            layer_maps = detector.backbone(scaled)
-            per_scale.append(
-                detector.scorer(layer_maps)
-                + detector.patch_memory(detector.aggregator(layer_maps))
-            )
-        grown = F.interpolate(per_scale[1][:, None], size=(8, 8), mode="bilinear")[:, 0]
-        term = detector.global_gaussian(detector.backbone(standardised))
-    torch.testing.assert_close(maps, (per_scale[0] + grown) / 2, rtol=1e-5, atol=1e-5)
+        per_scale, merged, term = two_scale_reference(detector, batch)
+    torch.testing.assert_close(maps, merged, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scores, maps.flatten(1).amax(1) + term)
     single = (per_scale[0].flatten(1).amax(1) + term)
     assert not torch.allclose(scores, single)  # the second scale moves the score

@@ -171,11 +171,18 @@ def test_missing_data_and_usage_errors(tmp_path, monkeypatch, capsys):
         trainer.main(["rollback"])  # --line is required
 
 
-def test_settings_from_environment(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def _environment(monkeypatch, folder, **fit: str) -> None:
+    """The trainer's required settings (and ``fit`` ones) in the environment, run in
+    ``folder`` (no stray ``.env``)."""
+    monkeypatch.chdir(folder)
     monkeypatch.setenv("LINEWATCH_REDIS__URL", "redis://:pw@r:6379/0")
     monkeypatch.setenv("LINEWATCH_MODEL_STORE", "/models")
-    monkeypatch.setenv("LINEWATCH_FIT__IMAGE_SIZE", "128")
+    for name, value in fit.items():
+        monkeypatch.setenv(f"LINEWATCH_FIT__{name.upper()}", value)
+
+
+def test_settings_from_environment(tmp_path, monkeypatch):
+    _environment(monkeypatch, tmp_path, image_size="128")
     monkeypatch.setenv("LINEWATCH_GATE__MAX_FALSE_ALARM_RATE", "0.1")
     monkeypatch.setenv("LINEWATCH_KEEP_VERSIONS", "3")
     settings = TrainerSettings()
@@ -187,11 +194,7 @@ def test_settings_from_environment(tmp_path, monkeypatch):
 def test_a_second_scale_under_32_px_fails_at_start_up_naming_the_field(tmp_path, monkeypatch):
     from pydantic import ValidationError
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LINEWATCH_REDIS__URL", "redis://r:6379/0")
-    monkeypatch.setenv("LINEWATCH_MODEL_STORE", "/models")
-    monkeypatch.setenv("LINEWATCH_FIT__IMAGE_SIZE", "40")
-    monkeypatch.setenv("LINEWATCH_FIT__SECOND_SCALE", "0.5")
+    _environment(monkeypatch, tmp_path, image_size="40", second_scale="0.5")
     with pytest.raises(ValidationError, match="second_scale"):
         TrainerSettings()
     for bad in ("1", "0.99"):  # 0.99 x 40 rounds to 40: no smaller scale
