@@ -44,22 +44,19 @@ Neither replaces the default: memory-full gives back the synthetic gain, simplen
 the default within noise with a second code path for the two terms. Inference cost of
 either was not timed. The heads of simplenet-full train on the full scale's patches, but the
 noise's feature scale is measured over both scales' patches, as in the default. The
-memory-full lines came from the first form of this script (that variant alone); the two-variant
-form reprinted its seed-0 lines to the last digit.
+memory-full lines came from the first form of this script (that variant alone); the current
+form (patching the trainer's ``_score_parts``) reprinted its seed-0 lines to the last digit.
 """
 
 from __future__ import annotations
 
 import sys
 
-import numpy as np
 import quality
 import torch
 
 import model.trainer as trainer_module
 from model.detector import AnomalyDetector, merge_scales
-from model.global_gaussian import global_pool
-from model.trainer import FitProgress
 
 VARIANTS = ("memory-full", "simplenet-full")
 _counts: dict[str, int] = {}
@@ -92,7 +89,7 @@ def patch(variant: str) -> None:
         return train_heads(features[:, : _counts["full"]], *args, **kwargs)
 
     def parts(detector, batch, memory):
-        """The SimpleNet map and the memory distance map (or None) of the variant."""
+        """The product's ``_score_parts`` for the variant (``memory``: distances, or None)."""
         layer_maps, score_maps = detector.scale_maps(batch)
         simplenet = merge_scales(score_maps) if memory_full else score_maps[0]
         if memory is None:
@@ -100,31 +97,6 @@ def patch(variant: str) -> None:
         scales = layer_maps[:1] if memory_full else layer_maps
         distances = [memory(detector.aggregator([m.float() for m in layers])) for layers in scales]
         return layer_maps, simplenet, merge_scales(distances)
-
-    @torch.inference_mode()
-    def holdout_parts(detector, memory, gaussian, images, batch_size, progress):
-        if memory is not None:
-            memory = memory.to(detector.device)
-        if gaussian is not None:
-            gaussian = gaussian.to(detector.device)
-        maps, memory_maps, distances = [], [], []
-        for start in range(0, len(images), batch_size):
-            batch = detector.preprocess(images[start : start + batch_size])
-            layer_maps, simplenet, memory_map = parts(
-                detector, batch, None if memory is None else memory.distances
-            )
-            maps.append(simplenet.cpu())
-            if memory_map is not None:
-                memory_maps.append(memory_map.cpu())
-            if gaussian is not None:
-                distances.append(gaussian.distances(global_pool(layer_maps[0])).cpu())
-            if progress is not None:
-                progress(FitProgress("calibration", min(start + batch_size, len(images)), 0))
-
-        def joined(parts):
-            return torch.cat(parts).numpy().astype(np.float64) if parts else None
-
-        return joined(maps), joined(memory_maps), joined(distances)
 
     def backbone_and_score_maps(self, batch, *, cuda_dtype=None):
         layer_maps, simplenet, memory_map = parts(self, batch, self.patch_memory)
@@ -135,7 +107,7 @@ def patch(variant: str) -> None:
         trainer_module.greedy_coreset = full_scale_coreset
     else:
         trainer_module.train_heads = full_scale_heads
-    trainer_module._holdout_parts = holdout_parts
+    trainer_module._score_parts = parts
     AnomalyDetector.backbone_and_score_maps = backbone_and_score_maps
 
 

@@ -489,6 +489,32 @@ def _stage_reporter(
     return lambda done: progress(FitProgress(stage, done, total))
 
 
+def _score_parts(
+    detector: AnomalyDetector,
+    batch: torch.Tensor,
+    distances: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> tuple[list[list[torch.Tensor]], torch.Tensor, torch.Tensor | None]:
+    """One batch's backbone maps per scale and its two map terms, each merged over the scales.
+
+    Args:
+        detector: The SimpleNet detector alone.
+        batch: Normalised ``[B, 3, S, S]`` batch on the detector's device.
+        distances: Patch features ``[B, D, h, w]`` -> distance maps ``[B, h, w]``, or None.
+
+    Returns:
+        The backbone maps of each scale (full first), the SimpleNet map and the distance map
+        (or None), both ``[B, h, w]``.
+    """
+    layer_maps, score_maps = detector.scale_maps(batch)
+    if distances is None:
+        return layer_maps, merge_scales(score_maps), None
+    scale_distances = [
+        distances(detector.aggregator([layer.float() for layer in layers]))
+        for layers in layer_maps
+    ]
+    return layer_maps, merge_scales(score_maps), merge_scales(scale_distances)
+
+
 @torch.inference_mode()
 def _holdout_parts(
     detector: AnomalyDetector,
@@ -520,14 +546,12 @@ def _holdout_parts(
     maps, memory_maps, distances = [], [], []
     for start in range(0, len(images), batch_size):
         batch = detector.preprocess(images[start : start + batch_size])
-        layer_maps, score_maps = detector.scale_maps(batch)
-        maps.append(merge_scales(score_maps).cpu())
-        if memory is not None:
-            scale_distances = [
-                memory.distances(detector.aggregator([layer.float() for layer in layers]))
-                for layers in layer_maps
-            ]
-            memory_maps.append(merge_scales(scale_distances).cpu())
+        layer_maps, score_map, memory_map = _score_parts(
+            detector, batch, None if memory is None else memory.distances
+        )
+        maps.append(score_map.cpu())
+        if memory_map is not None:
+            memory_maps.append(memory_map.cpu())
         if gaussian is not None:
             distances.append(gaussian.distances(global_pool(layer_maps[0])).cpu())
         if progress is not None:
