@@ -45,7 +45,7 @@ the default within noise with a second code path for the two terms. Inference co
 either was not timed. The heads of simplenet-full train on the full scale's patches, but the
 noise's feature scale is measured over both scales' patches, as in the default. The
 memory-full lines came from the first form of this script (that variant alone); the current
-form (patching the trainer's ``_score_parts``) reprinted its seed-0 lines to the last digit.
+form (patching ``AnomalyDetector.score_terms``) reprinted its seed-0 lines to the last digit.
 """
 
 from __future__ import annotations
@@ -88,27 +88,22 @@ def patch(variant: str) -> None:
     def full_scale_heads(features, *args, **kwargs):
         return train_heads(features[:, : _counts["full"]], *args, **kwargs)
 
-    def parts(detector, batch, memory):
-        """The product's ``_score_parts`` for the variant (``memory``: distances, or None)."""
-        layer_maps, score_maps = detector.scale_maps(batch)
+    def score_terms(detector, batch, distances, *, cuda_dtype=None):
+        """``AnomalyDetector.score_terms`` for the variant, in the fit and at inference."""
+        layer_maps, score_maps = detector.scale_maps(batch, cuda_dtype=cuda_dtype)
         simplenet = merge_scales(score_maps) if memory_full else score_maps[0]
-        if memory is None:
+        if distances is None:
             return layer_maps, simplenet, None
         scales = layer_maps[:1] if memory_full else layer_maps
-        distances = [memory(detector.aggregator([m.float() for m in layers])) for layers in scales]
-        return layer_maps, simplenet, merge_scales(distances)
-
-    def backbone_and_score_maps(self, batch, *, cuda_dtype=None):
-        layer_maps, simplenet, memory_map = parts(self, batch, self.patch_memory)
-        return layer_maps[0], simplenet if memory_map is None else simplenet + memory_map
+        maps = [distances(detector.aggregator([m.float() for m in layers])) for layers in scales]
+        return layer_maps, simplenet, merge_scales(maps)
 
     trainer_module.extract_patch_features = extract_counting
     if memory_full:
         trainer_module.greedy_coreset = full_scale_coreset
     else:
         trainer_module.train_heads = full_scale_heads
-    trainer_module._score_parts = parts
-    AnomalyDetector.backbone_and_score_maps = backbone_and_score_maps
+    AnomalyDetector.score_terms = score_terms
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -350,37 +351,66 @@ class AnomalyDetector(nn.Module):
         if self.standardiser is not None:
             batch = self.standardiser(batch)
         batches = [batch] if self.rescaler is None else [batch, self.rescaler(batch)]
+        autocast = nullcontext()
         if batch.device.type == "cuda" and cuda_dtype != torch.float32:
             dtype = cuda_dtype or (
                 torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             )
-            with torch.autocast("cuda", dtype=dtype):
-                layer_maps = [self.backbone(scaled) for scaled in batches]
-                maps = [self.scorer(layers) for layers in layer_maps]
-            return layer_maps, [scale_map.float() for scale_map in maps]
-        layer_maps = [self.backbone(scaled) for scaled in batches]
-        return layer_maps, [self.scorer(layers) for layers in layer_maps]
+            autocast = torch.autocast("cuda", dtype=dtype)
+        with autocast:
+            layer_maps = [self.backbone(scaled) for scaled in batches]
+            maps = [self.scorer(layers) for layers in layer_maps]
+        return layer_maps, [scale_map.float() for scale_map in maps]
+
+    def score_terms(
+        self,
+        batch: torch.Tensor,
+        distances: Callable[[torch.Tensor], torch.Tensor] | None,
+        *,
+        cuda_dtype: torch.dtype | None = None,
+    ) -> tuple[list[list[torch.Tensor]], torch.Tensor, torch.Tensor | None]:
+        """Backbone maps per scale and the two map terms, each merged over the scales.
+
+        The one definition of the score map's terms, for inference
+        (:meth:`backbone_and_score_maps`) and for the fit's held-out calibration, which
+        scales an unscaled memory term on them.
+
+        Args:
+            batch: ``[B, 3, S, S]`` normalised images on the detector's device.
+            distances: Patch features ``[B, D, h, w]`` -> distance maps ``[B, h, w]`` (a
+                patch memory, scaled or not), or None; run in float32.
+            cuda_dtype: As :meth:`scale_maps`.
+
+        Returns:
+            The backbone maps of each scale (full first), the SimpleNet map and the
+            distance map (or None), both ``[B, h, w]`` float32 on the full grid
+            (:func:`merge_scales`).
+        """
+        layer_maps, maps = self.scale_maps(batch, cuda_dtype=cuda_dtype)
+        if distances is None:
+            return layer_maps, merge_scales(maps), None
+        scale_distances = [
+            distances(self.aggregator([layer.float() for layer in layers]))
+            for layers in layer_maps
+        ]
+        return layer_maps, merge_scales(maps), merge_scales(scale_distances)
 
     def backbone_and_score_maps(
         self, batch: torch.Tensor, *, cuda_dtype: torch.dtype | None = None
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Full-scale backbone maps and float32 patch score maps ``[B, h, w]`` of a batch.
 
-        Each scale's map (:meth:`scale_maps`) is the folded SimpleNet map plus, when the
-        model has one, the patch memory's distance map (always in float32); with a second
-        input scale the two are merged by :func:`merge_scales`.
+        The folded SimpleNet map plus, when the model has one, the patch memory's distance
+        map, each merged over the input scales (:meth:`score_terms`).
 
         Args:
             batch: ``[B, 3, S, S]`` normalised images on the detector's device.
             cuda_dtype: As :meth:`scale_maps`.
         """
-        layer_maps, maps = self.scale_maps(batch, cuda_dtype=cuda_dtype)
-        if self.patch_memory is not None:
-            maps = [
-                scale_map + self.patch_memory(self.aggregator([m.float() for m in layers]))
-                for scale_map, layers in zip(maps, layer_maps, strict=True)
-            ]
-        return layer_maps[0], merge_scales(maps)
+        layer_maps, maps, memory = self.score_terms(
+            batch, self.patch_memory, cuda_dtype=cuda_dtype
+        )
+        return layer_maps[0], maps if memory is None else maps + memory
 
     def score(
         self, batch: torch.Tensor, *, cuda_dtype: torch.dtype | None = None

@@ -22,7 +22,6 @@ from model.detector import (
     InputRescaler,
     IntensityStandardiser,
     images_to_tensor,
-    merge_scales,
 )
 from model.errors import DatasetError
 from model.features import DEFAULT_COMMON_DIM, PatchFeatureAggregator, default_embed_dim
@@ -489,32 +488,6 @@ def _stage_reporter(
     return lambda done: progress(FitProgress(stage, done, total))
 
 
-def _score_parts(
-    detector: AnomalyDetector,
-    batch: torch.Tensor,
-    distances: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> tuple[list[list[torch.Tensor]], torch.Tensor, torch.Tensor | None]:
-    """One batch's backbone maps per scale and its two map terms, each merged over the scales.
-
-    Args:
-        detector: The SimpleNet detector alone.
-        batch: Normalised ``[B, 3, S, S]`` batch on the detector's device.
-        distances: Patch features ``[B, D, h, w]`` -> distance maps ``[B, h, w]``, or None.
-
-    Returns:
-        The backbone maps of each scale (full first), the SimpleNet map and the distance map
-        (or None), both ``[B, h, w]``.
-    """
-    layer_maps, score_maps = detector.scale_maps(batch)
-    if distances is None:
-        return layer_maps, merge_scales(score_maps), None
-    scale_distances = [
-        distances(detector.aggregator([layer.float() for layer in layers]))
-        for layers in layer_maps
-    ]
-    return layer_maps, merge_scales(score_maps), merge_scales(scale_distances)
-
-
 @torch.inference_mode()
 def _holdout_parts(
     detector: AnomalyDetector,
@@ -536,7 +509,7 @@ def _holdout_parts(
 
     Returns:
         ``[N, h, w]`` SimpleNet score maps, ``[N, h, w]`` memory distance maps (or None),
-        both merged over the input scales (:func:`~model.detector.merge_scales`), and
+        both merged over the input scales (``AnomalyDetector.score_terms``), and
         ``[N]`` Mahalanobis distances of the full scale (or None), float64.
     """
     if memory is not None:
@@ -546,8 +519,8 @@ def _holdout_parts(
     maps, memory_maps, distances = [], [], []
     for start in range(0, len(images), batch_size):
         batch = detector.preprocess(images[start : start + batch_size])
-        layer_maps, score_map, memory_map = _score_parts(
-            detector, batch, None if memory is None else memory.distances
+        layer_maps, score_map, memory_map = detector.score_terms(
+            batch, None if memory is None else memory.distances
         )
         maps.append(score_map.cpu())
         if memory_map is not None:
