@@ -23,6 +23,31 @@ MIN_IMAGE_SIZE = 32  # smallest input side: one cell of the stride-32 layers
 READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, 6)
 
 
+def second_scale_size(image_size: int, second_scale: float) -> int | None:
+    """Side of the second input scale, ``second_scale`` of ``image_size`` rounded to pixels.
+
+    Args:
+        image_size: Side of the full-scale input.
+        second_scale: 0 (no second scale) or a share in (0, 1).
+
+    Returns:
+        The side in pixels, or None for 0.
+
+    Raises:
+        ValueError: Naming ``second_scale`` when the side would not be from
+            :data:`MIN_IMAGE_SIZE` to ``image_size - 1``.
+    """
+    if second_scale == 0:
+        return None
+    side = round(image_size * second_scale)
+    if not (0.0 < second_scale < 1.0 and MIN_IMAGE_SIZE <= side < image_size):
+        raise ValueError(
+            f"second_scale must be 0 (off) or in (0, 1) with image_size * second_scale from "
+            f"{MIN_IMAGE_SIZE} px to image_size - 1; {second_scale!r} of {image_size} px is not"
+        )
+    return side
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Maps raw anomaly scores to the published normalised scale.

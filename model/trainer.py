@@ -29,11 +29,11 @@ from model.global_gaussian import GlobalGaussian, global_pool
 from model.local_anomalies import local_anomaly_set
 from model.loss import truncated_l1_loss
 from model.metadata import (
-    MIN_IMAGE_SIZE,
     Calibration,
     DetectorMetadata,
     GlobalGaussianTerm,
     PatchMemoryTerm,
+    second_scale_size,
 )
 from model.network import HeadEnsemble, SimpleNetHead
 from model.noise import GaussianAnomalyGenerator
@@ -166,8 +166,12 @@ class FitConfig:
 
     @property
     def second_image_size(self) -> int | None:
-        """Side of the second input scale in pixels, or None when it is off."""
-        return round(self.image_size * self.second_scale) if self.second_scale else None
+        """Side of the second input scale in pixels, or None when it is off.
+
+        Raises:
+            ValueError: For a ``second_scale`` out of range (:func:`second_scale_size`).
+        """
+        return second_scale_size(self.image_size, self.second_scale)
 
     def resolved(self) -> FitConfig:
         """Returns a copy with per-backbone defaults filled in, after validation.
@@ -188,14 +192,7 @@ class FitConfig:
             raise ValueError("holdout_fraction in (0, 1) and target_false_alarm_rate in (0, 0.5]")
         if not 0.0 <= self.local_anomaly_share < 1.0 or self.noise_ratio <= 0.0:
             raise ValueError("local_anomaly_share in [0, 1) and noise_ratio > 0 are required")
-        second = self.second_image_size
-        if second is not None and not (
-            0.0 < self.second_scale < 1.0 and MIN_IMAGE_SIZE <= second < self.image_size
-        ):
-            raise ValueError(
-                f"second_scale must be 0 (off) or in (0, 1) with image_size * second_scale from "
-                f"{MIN_IMAGE_SIZE} px to image_size - 1, got {self.second_scale!r}"
-            )
+        second_scale_size(self.image_size, self.second_scale)
         if self.memory_bank_size < 0:
             raise ValueError("memory_bank_size must be >= 0 (0 turns the memory bank off)")
         if self.noise_sigma is not None and self.noise_sigma <= 0.0:

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from model.metadata import second_scale_size
 from pipeline.settings import KafkaSettings, ProcessSettings, RedisSettings
 
 
@@ -64,12 +65,7 @@ class FitSettings(BaseModel):
 
     @model_validator(mode="after")
     def _second_scale_fits(self) -> FitSettings:
-        side = round(self.image_size * self.second_scale)
-        if self.second_scale and not 32 <= side < self.image_size:
-            raise ValueError(
-                f"second_scale {self.second_scale} of image_size {self.image_size} gives "
-                f"{side} px, not from 32 px to image_size - 1; set 0 to turn it off"
-            )
+        second_scale_size(self.image_size, self.second_scale)  # the model's rule, torch-free
         return self
 
 
