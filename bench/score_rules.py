@@ -1,0 +1,155 @@
+"""How the two input scales' maps are merged, on saved default detectors (issue 12, stop 30).
+
+Stop 29's default averages the 256 px and the 192 px score maps (``merge_scales``). A small
+defect (a blowhole under one stride-8 patch) peaks at the full scale and is blurred at the
+second, so the mean halves what only the full scale sees; a faint large blotch is the
+other way round. This script scores the default detector's raw terms once per seed (each
+scale's SimpleNet map and nearest-neighbour distance map, the Gaussian distance) on the
+held-out good images of the fit, the development split and the synthetic defects, then
+applies each merge rule the way the fit does: the memory term's center and weight matched
+on the held-out maxima of the merged maps, the Gaussian term on the merged image scores
+(``model.calibration.matching_scale``), no anomaly label. Rules:
+
+- ``mean``: the default (must print ``bench/quality.py``'s figures for the seed);
+- ``max``: per position, the larger of the two scales' maps (heatmap and image score);
+- ``score-max``: heatmap as the default; image score the larger of the two scales' own
+  map maxima (each scale's SimpleNet map plus its memory map);
+- ``full``: the full scale's maps only, the second scale ignored at test time (what the
+  second scale adds to a detector fitted on both).
+
+Detectors come from ``bench/ensemble.py``'s runs directory (``efficientnet_lite0-sN``),
+fitted with the defaults when absent; the raw terms are cached next to them.
+
+    python bench/score_rules.py [--seeds 0 1 2] [--runs-dir runs/ensemble]
+
+Measured at stop 30 (``--runs-dir runs/ens30``, seeds 0 / 1 / 2, one run; image AUROC /
+pixel AUROC / AUPRO / recall at 1% false alarms, means of the three seeds):
+
+    mean (default)  development .978 / .964 / .738 / .765   synthetic .971 / .883 / .817 / .863
+    max             development .978 / .963 / .752 / .750   synthetic .971 / .885 / .824 / .858
+    score-max       development .978 / .964 / .738 / .733   synthetic .970 / .883 / .817 / .855
+    full            development .978 / .966 / .783 / .750   synthetic .966 / .856 / .815 / .830
+
+Per seed, recall at 1% false alarms (development | synthetic): mean .755 / .705 / .835 |
+.865 / .840 / .885; max .735 / .720 / .795 | .845 / .845 / .885; score-max .710 / .705 /
+.785 | .835 / .845 / .885. The ``mean`` rule reprints ``bench/quality.py``'s stop-29
+figures for each seed to .001 in the AUROCs and AUPRO and within one image in recall (.755
+against .760 at seed 0, .835 against .830 at seed 2: this script scores in batches of 16
+and matches the memory term on its own held-out pass). ``max`` sharpens the maps (AUPRO
++.014 / +.007) and loses recall at 1% on both checks; taking the larger scale only for the
+image score loses more; dropping the second scale at test time gives back its synthetic
+gain (pixel AUROC .883 -> .856). The default's mean stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from ensemble import load_or_fit
+from variants import DEFAULT_DATA, check_sets, report, resized_masks
+
+from model.calibration import matching_scale
+from model.data import list_images, read_images
+from model.detector import AnomalyDetector
+from model.global_gaussian import global_pool
+from model.trainer import FitConfig, split_holdout
+
+RULES = ("mean", "max", "score-max", "full")
+
+
+@torch.inference_mode()
+def raw_terms(detector: AnomalyDetector, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Each scale's SimpleNet and distance maps (second scale resized to the full grid)."""
+    assert detector.patch_memory is not None and detector.global_gaussian is not None
+    parts: dict[str, list[np.ndarray]] = {"s0": [], "s1": [], "d0": [], "d1": [], "g": []}
+    for start in range(0, len(images), 16):
+        batch = detector.preprocess(images[start : start + 16])
+        layer_maps, maps = detector.scale_maps(batch)
+        distances = [
+            detector.patch_memory.distances(detector.aggregator([m.float() for m in layers]))
+            for layers in layer_maps
+        ]
+        grid = maps[0].shape[-2:]
+        for name, scale_maps in (("s", maps), ("d", distances)):
+            parts[f"{name}0"].append(scale_maps[0].numpy())
+            grown = F.interpolate(scale_maps[1][:, None], size=grid, mode="bilinear")[:, 0]
+            parts[f"{name}1"].append(grown.numpy())
+        parts["g"].append(detector.global_gaussian.distances(global_pool(layer_maps[0])).numpy())
+    return {key: np.concatenate(value).astype(np.float64) for key, value in parts.items()}
+
+
+def apply_rule(rule: str, holdout: dict, terms: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores ``[N]`` and maps ``[N, h, w]`` of ``terms`` under ``rule``."""
+
+    def merged(parts: dict, name: str) -> np.ndarray:
+        if rule == "full":
+            return parts[f"{name}0"]
+        if rule == "max":
+            return np.maximum(parts[f"{name}0"], parts[f"{name}1"])
+        return (parts[f"{name}0"] + parts[f"{name}1"]) / 2
+
+    def maxima(maps: np.ndarray) -> np.ndarray:
+        return maps.reshape(len(maps), -1).max(axis=1)
+
+    center, weight = matching_scale(maxima(merged(holdout, "s")), maxima(merged(holdout, "d")))
+
+    def map_and_raw(parts: dict) -> tuple[np.ndarray, np.ndarray]:
+        maps = merged(parts, "s") + weight * (merged(parts, "d") - center)
+        if rule != "score-max":
+            return maps, maxima(maps)
+        per_scale = [parts[f"s{k}"] + weight * (parts[f"d{k}"] - center) for k in (0, 1)]
+        return maps, np.maximum(maxima(per_scale[0]), maxima(per_scale[1]))
+
+    _, held_raw = map_and_raw(holdout)
+    g_center, g_weight = matching_scale(held_raw, holdout["g"])
+    maps, raw = map_and_raw(terms)
+    return raw + g_weight * (terms["g"] - g_center), maps
+
+
+def cached_terms(detector: AnomalyDetector, images: list[np.ndarray], path: Path) -> dict:
+    """:func:`raw_terms`, saved to (and loaded from) ``path``."""
+    if path.exists():
+        with np.load(path) as saved:
+            return dict(saved)
+    terms = raw_terms(detector, images)
+    np.savez_compressed(path, **terms)
+    return terms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/ensemble"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    config = FitConfig()
+    train = read_images(list_images(args.data / "train" / "good"))
+    sets = check_sets(args.data)
+    for seed in args.seeds:
+        detector = load_or_fit(f"efficientnet_lite0:{seed}", args.runs_dir, args.data)
+        if detector.metadata.second_image_size is None:
+            raise SystemExit("the saved detector has one input scale; refit with the defaults")
+        _, holdout_index = split_holdout(
+            len(train), config.holdout_fraction, config.min_holdout, seed
+        )
+        stem = args.runs_dir / f"terms-s{seed}"
+        holdout = cached_terms(
+            detector, [train[i] for i in holdout_index], Path(f"{stem}-holdout.npz")
+        )
+        for key, (images, masks, kinds) in sets.items():
+            terms = cached_terms(detector, images, Path(f"{stem}-{key}.npz"))
+            truth = resized_masks(masks, config.image_size)
+            for rule in RULES:
+                scores, maps = apply_rule(rule, holdout, terms)
+                report(f"s{seed} {key} {rule}", scores, maps, truth, np.array(kinds))
+
+
+if __name__ == "__main__":
+    main()
