@@ -95,7 +95,13 @@ def test_a_default_fit_scores_both_scales_and_calibrates_the_merged_score(lite0)
         batch = detector.preprocess(images[:4])
         maps, scores = detector.score(batch)
         per_scale, merged, term = two_scale_reference(detector, batch)
-    torch.testing.assert_close(maps, merged, rtol=1e-5, atol=1e-5)
+    # The product resizes by a fixed matrix, the reference by F.interpolate (6e-8 apart at
+    # the input, 1e-5 in the patch features); these images' own patches are in the memory
+    # bank, and the square root of a near-zero float32 distance grows that to 3e-5 in maps
+    # of at most 0.03 on some CPUs. A merge that drops the second scale is 0.025 off, one
+    # that weighs the scales 0.6 / 0.4 is 0.005 off.
+    torch.testing.assert_close(maps, merged, rtol=1e-4, atol=1e-4)
+    assert float((maps - per_scale[0]).abs().max()) > 1e-2
     torch.testing.assert_close(scores, maps.flatten(1).amax(1) + term)
     single = (per_scale[0].flatten(1).amax(1) + term)
     assert not torch.allclose(scores, single)  # the second scale moves the score
