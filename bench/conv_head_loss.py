@@ -12,9 +12,11 @@ head, the mask or the amount of training is what does not learn:
 - ``iid-half 3x3``: noise on half the positions, each drawn independently;
 - ``iid-half 1x1``: the same with a per-patch (1x1) hidden layer, the product's head form;
 - ``full-noise 3x3``: the clean map all normal and the same map with noise everywhere all
-  anomalous (as the product pairs clean and noisy patches).
+  anomalous (as the product pairs clean and noisy patches);
+- ``perlin 3x3 ring``: ``perlin 3x3`` with the clean positions within one cell of a mask
+  left out of the loss (their 3x3 window sees the noise).
 
-    python bench/conv_head_loss.py [--images 100]
+    python bench/conv_head_loss.py [--images 100] [--only "perlin 3x3 ring" ...]
 
 Measured at stop 30 (100 images, 50 steps per epoch, noise sigma 0.510; loss per epoch):
 
@@ -23,14 +25,15 @@ Measured at stop 30 (100 images, 50 steps per epoch, noise sigma 0.510; loss per
     iid-half 3x3         1.0003 / 0.9997 / 1.0011
     iid-half 1x1         0.9830 / 0.9615 / 0.9402
     full-noise 3x3       0.9984 / 0.9851 / 0.9586
+    perlin 3x3 ring      0.9853 / 0.9641 / 0.9884   (a second run; perlin 3x3 reprinted)
 
 The 3x3 head learns clean-against-noised maps and the 1x1 head learns independent noise,
-but the 3x3 head does not learn noise on half the positions or inside the Perlin masks, at
-either learning rate: my reading (not measured further) is that a clean position next to a
-noised one sees the noise through its 3x3 window and is labelled normal, so the labels
-contradict each other along every mask border, and small masks on a 32 x 32 grid are
-mostly border. SuperSimpleNet masks a finer (upsampled) map; that, or a loss that ignores
-a mask's border, is what a next try would change.
+but the 3x3 head learns neither noise on half the positions nor noise inside the Perlin
+masks (at either learning rate). I first read it as contradicting labels (a clean position next to a
+noised one sees the noise through its 3x3 window and is labelled normal); leaving those
+positions out of the loss (``perlin 3x3 ring``) did not make it learn, so that reading is
+not supported and the cause is open. Three epochs of 50 steps is a short run: the product's
+heads take about 1000 steps each.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pathlib import Path
 import conv_head
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from conv_head import ConvHead, feature_maps
 from torch import nn
 from variants import DEFAULT_DATA
@@ -69,8 +73,13 @@ def train(
     *,
     kernel: int = 3,
     lr_scale: float = 1.0,
+    ignore_ring: bool = False,
 ) -> list[float]:
-    """Mean loss per epoch of one head (``mask`` None: clean map vs fully noised map)."""
+    """Mean loss per epoch of one head (``mask`` None: clean map vs fully noised map).
+
+    ``ignore_ring``: clean positions within one cell of a mask (whose 3x3 window sees the
+    noise) count neither as normal nor as anomalous.
+    """
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
@@ -102,7 +111,11 @@ def train(
                 drawn = np.stack([mask(rng, tuple(scale.shape[-2:])) for _ in index])
                 masks = torch.from_numpy(drawn)
                 logits = head.discriminate(adapted + noise * masks[:, None])
-                normal.append(logits[~masks])
+                clean = ~masks
+                if ignore_ring:
+                    grown = F.max_pool2d(masks[:, None].float(), 3, stride=1, padding=1)[:, 0]
+                    clean = grown == 0
+                normal.append(logits[clean])
                 anomalous.append(logits[masks])
             loss = truncated_l1_loss(torch.cat(normal), torch.cat(anomalous), config.margin)
             adaptor_optimizer.zero_grad(set_to_none=True)
@@ -119,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--only", nargs="*", default=None, help="form names to run")
     args = parser.parse_args()
     config = FitConfig().resolved()
     backbone = build_backbone(config.backbone, layers=config.layers)
@@ -135,16 +149,21 @@ def main() -> None:
     side = config.image_size // 8  # the first layer's stride
     conv_head._state["full"] = side * side
     maps = feature_maps(features)
-    forms: dict[str, tuple[Mask | None, int, float]] = {
-        "perlin 3x3": (perlin_mask, 3, 1.0),
-        "perlin 3x3 lr x10": (perlin_mask, 3, 10.0),
-        "iid-half 3x3": (iid_half, 3, 1.0),
-        "iid-half 1x1": (iid_half, 1, 1.0),
-        "full-noise 3x3": (None, 3, 1.0),
+    forms: dict[str, tuple[Mask | None, int, float, bool]] = {
+        "perlin 3x3": (perlin_mask, 3, 1.0, False),
+        "perlin 3x3 lr x10": (perlin_mask, 3, 10.0, False),
+        "iid-half 3x3": (iid_half, 3, 1.0, False),
+        "iid-half 1x1": (iid_half, 1, 1.0, False),
+        "full-noise 3x3": (None, 3, 1.0, False),
+        "perlin 3x3 ring": (perlin_mask, 3, 1.0, True),
     }
     print(f"{len(images)} images, {len(images) // 2} steps per epoch, noise sigma {sigma:.3f}")
-    for name, (mask, kernel, lr_scale) in forms.items():
-        losses = train(maps, config, sigma, mask, kernel=kernel, lr_scale=lr_scale)
+    for name, (mask, kernel, lr_scale, ring) in forms.items():
+        if args.only and name not in args.only:
+            continue
+        losses = train(
+            maps, config, sigma, mask, kernel=kernel, lr_scale=lr_scale, ignore_ring=ring
+        )
         print(f"{name:<20} loss per epoch " + " / ".join(f"{v:.4f}" for v in losses), flush=True)
 
 
