@@ -47,10 +47,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import quality
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 import model.trainer as trainer_module
@@ -115,19 +117,42 @@ def feature_maps(features: torch.Tensor) -> list[torch.Tensor]:
     return [m.contiguous() for m in maps]
 
 
-def train_conv_head(maps: list[torch.Tensor], config, seed: int) -> ConvHead:
-    """One head on Perlin-masked noise (see the module docstring)."""
+def train_conv_head(
+    maps: list[torch.Tensor],
+    config,
+    seed: int,
+    *,
+    mask: Callable[[np.random.Generator, tuple[int, int]], np.ndarray] | None = perlin_mask,
+    kernel: int = 3,
+    lr_scale: float = 1.0,
+    ignore_ring: bool = False,
+) -> tuple[ConvHead, list[float]]:
+    """One head on masked noise (see the module docstring) and its mean loss per epoch.
+
+    Args:
+        maps: ``[N, D, h, w]`` cached feature maps, one per scale.
+        config: Resolved fit configuration with ``noise_sigma`` set.
+        seed: Seed of the init, the image order, the masks and the noise.
+        mask: Draws a ``[h, w]`` bool mask of noised positions per map; None pairs each
+            clean map (normal) with the same map noised everywhere (anomalous).
+        kernel: The hidden convolution's size (1: a per-patch head).
+        lr_scale: Factor on the discriminator's learning rate.
+        ignore_ring: Leave the clean positions within one cell of a mask out of the loss.
+    """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     head = ConvHead(maps[0].shape[1], config.hidden_dim)
+    if kernel != 3:
+        head.hidden = nn.Conv2d(maps[0].shape[1], config.hidden_dim, kernel, padding=kernel // 2)
+        nn.init.xavier_normal_(head.hidden.weight)
     adaptor_optimizer = torch.optim.AdamW(head.adaptor.parameters(), lr=config.adaptor_lr)
     discriminator_optimizer = torch.optim.Adam(
         [*head.hidden.parameters(), *head.norm.parameters(), *head.output.parameters()],
-        lr=config.discriminator_lr,
+        lr=config.discriminator_lr * lr_scale,
         weight_decay=config.discriminator_weight_decay,
     )
-    count = len(maps[0])
+    count, losses = len(maps[0]), []
     head.train()
     for epoch in range(config.epochs):
         order = torch.randperm(count, generator=generator)
@@ -137,13 +162,21 @@ def train_conv_head(maps: list[torch.Tensor], config, seed: int) -> ConvHead:
             normal, anomalous = [], []
             for scale in maps:
                 adapted = head.adaptor(scale[index])
+                if mask is None:
+                    noise = torch.randn(adapted.shape, generator=generator) * config.noise_sigma
+                    normal.append(head.discriminate(adapted).flatten())
+                    anomalous.append(head.discriminate(adapted + noise).flatten())
+                    continue
                 masks = torch.from_numpy(
-                    np.stack([perlin_mask(rng, tuple(scale.shape[-2:])) for _ in index])
+                    np.stack([mask(rng, tuple(scale.shape[-2:])) for _ in index])
                 )
                 noise = torch.randn(adapted.shape, generator=generator) * config.noise_sigma
-                noisy = adapted + noise * masks[:, None]
-                logits = head.discriminate(noisy)
-                normal.append(logits[~masks])
+                logits = head.discriminate(adapted + noise * masks[:, None])
+                clean = ~masks
+                if ignore_ring:
+                    grown = F.max_pool2d(masks[:, None].float(), 3, stride=1, padding=1)[:, 0]
+                    clean = grown == 0
+                normal.append(logits[clean])
                 anomalous.append(logits[masks])
             anomalous_logits = torch.cat(anomalous)
             if not len(anomalous_logits):
@@ -155,8 +188,9 @@ def train_conv_head(maps: list[torch.Tensor], config, seed: int) -> ConvHead:
             adaptor_optimizer.step()
             discriminator_optimizer.step()
             total, steps = total + loss.item(), steps + 1
-        logger.info("head seed %d epoch %d loss %.4f", seed, epoch + 1, total / max(steps, 1))
-    return head.eval()
+        losses.append(total / max(steps, 1))
+        logger.info("head seed %d epoch %d loss %.4f", seed, epoch + 1, losses[-1])
+    return head.eval(), losses
 
 
 def patch() -> None:
@@ -172,7 +206,7 @@ def patch() -> None:
     def train_heads(features, config, local=None, progress=None):
         started = time.perf_counter()
         maps = feature_maps(features)
-        members = [train_conv_head(maps, config, config.seed + i) for i in range(config.heads)]
+        members = [train_conv_head(maps, config, config.seed + i)[0] for i in range(config.heads)]
         _state["heads"] = ConvEnsemble(members, -config.margin).eval()
         logger.info("%d convolution heads in %.1f s", config.heads, time.perf_counter() - started)
         return HeadEnsemble.empty(config.heads, config.embed_dim, config.hidden_dim, -config.margin)
