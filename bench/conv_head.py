@@ -107,9 +107,11 @@ class ConvEnsemble(nn.Module):
         return scores.clamp_min(self.floor).mean(dim=0)
 
 
-def feature_maps(features: torch.Tensor) -> list[torch.Tensor]:
-    """Cached ``[N, P, D]`` patches as ``[N, D, h, w]`` maps, one per scale."""
-    full = _state["full"]
+def feature_maps(features: torch.Tensor, full: int) -> list[torch.Tensor]:
+    """Cached ``[N, P, D]`` patches as ``[N, D, h, w]`` maps, one per scale.
+
+    ``full``: the full scale's patches per image (``h * w``, the first ones of ``P``).
+    """
     side = math.isqrt(full)
     maps = [features[:, :full].transpose(1, 2).reshape(len(features), -1, side, side)]
     rest = features.shape[1] - full
@@ -207,7 +209,7 @@ def patch() -> None:
 
     def train_heads(features, config, local=None, progress=None):
         started = time.perf_counter()
-        maps = feature_maps(features)
+        maps = feature_maps(features, _state["full"])
         members = [train_conv_head(maps, config, config.seed + i)[0] for i in range(config.heads)]
         _state["heads"] = ConvEnsemble(members, -config.margin).eval()
         logger.info("%d convolution heads in %.1f s", config.heads, time.perf_counter() - started)

@@ -46,7 +46,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import conv_head
 import numpy as np
 import torch
 from conv_head import feature_maps, train_conv_head
@@ -56,7 +55,7 @@ from model.backbones import build_backbone
 from model.data import list_images, read_images
 from model.features import PatchFeatureAggregator
 from model.local_anomalies import perlin_mask
-from model.trainer import FitConfig, extract_patch_features
+from model.trainer import FitConfig, _grid, extract_patch_features
 
 Mask = Callable[[np.random.Generator, tuple[int, int]], np.ndarray]
 
@@ -100,9 +99,8 @@ def main() -> None:
         )
     features = features.clone()  # out of inference mode, for autograd
     sigma = config.noise_ratio * float(features.reshape(-1, features.shape[-1]).std(0).mean())
-    side = config.image_size // 8  # the first layer's stride
-    conv_head._state["full"] = side * side
-    maps = feature_maps(features)
+    height, width = _grid(backbone, config.image_size)
+    maps = feature_maps(features, height * width)
     forms: dict[str, tuple[Mask | None, int, float, bool]] = {
         "perlin 3x3": (perlin_mask, 3, 1.0, False),
         "perlin 3x3 lr x10": (perlin_mask, 3, 10.0, False),
