@@ -42,6 +42,16 @@ or elsewhere, was not looked at). Not pursued: a form that learns would also nee
 half the fit time to meet the bar. ``bench/conv_head_loss.py`` looks at why the heads do not
 learn. After the training loop took that script's options, a second ``--seed 0`` run
 reprinted every head's epoch losses and every check line to the last digit (fit 690.0 s).
+
+Correction (stop 31): the 3x3 kernel is this script's own form, not SuperSimpleNet's.
+SuperSimpleNet's segmentation head is 1x1 (anomalib's ``SegmentationDetectionModule``,
+``seg_head``: a kernel-1 convolution to 1024 channels, BatchNorm, LeakyReLU(0.2), a kernel-1
+convolution to one logit, commented "1x1 conv - linear layer equivalent"); its only wider
+kernel (5x5) is in the image-level classification head, which takes the features and the
+detached map and pools them to one image score. It also upsamples the stride-8 feature maps
+2x before the 3x3 average pooling. With a 1x1 head the Perlin mask only sets which patches
+are noised, which the product's per-patch heads already see; what this script did not
+measure is that classification head.
 """
 
 from __future__ import annotations
