@@ -54,9 +54,10 @@ is first at every seed (raw 3.88 / 4.39 / 2.84); the second is another tile at e
 swings with that one tile, which is most of its spread over seeds.
 
 Measured at stop 31 (``--runs-dir runs/ens31 --rules mean --spreads q99 q95 q90 iqr std``,
-another machine; the ``mean`` lines reprint stop 30's to the last digit but seed 0's recall,
-.760 here against .755; means of seeds 0 / 1 / 2, image AUROC / pixel AUROC / AUPRO /
-recall at 1% false alarms):
+detectors fitted on another machine than stop 30's, whose ``q99`` means are within .003 of
+stop 30's ``mean`` row, per-seed development recall .760 / .705 / .830 against .755 / .705 /
+.835; means of seeds 0 / 1 / 2, image AUROC / pixel AUROC / AUPRO / recall at 1% false
+alarms):
 
     q99 (product)  development .978 / .964 / .736 / .765   synthetic .971 / .884 / .818 / .862
     q95            development .978 / .964 / .732 / .770   synthetic .971 / .882 / .814 / .865
