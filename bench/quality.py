@@ -65,6 +65,12 @@ def main() -> None:
         "--second-scale", type=float, default=None, help="override (0: one input scale)"
     )
     parser.add_argument(
+        "--all-images-in-terms",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override (--no-all-images-in-terms: the bank and Gaussian from the training share)",
+    )
+    parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device of the fit and the checks (default: cuda when available, else cpu)",
@@ -72,7 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = (
-        "backbone", "heads", "local_anomaly_share", "image_size", "memory_bank_size", "second_scale"
+        "backbone", "heads", "local_anomaly_share", "image_size", "memory_bank_size",
+        "second_scale", "all_images_in_terms",
     )
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     config = FitConfig(seed=args.seed, device=args.device, **overrides)

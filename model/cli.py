@@ -74,7 +74,8 @@ def fit_progress_bars(
     def on_progress(event: FitProgress) -> None:
         bar = bars.get(event.stage)
         if bar is None:
-            unit = {"train": "epoch", "memory bank": "patch"}.get(event.stage, "img")
+            unit = "epoch" if event.stage == "train" else "img"
+            unit = "patch" if event.stage.startswith("memory bank") else unit
             bar = bars[event.stage] = tqdm(
                 total=event.total, desc=prefix + event.stage, unit=unit, disable=not enabled
             )
@@ -180,6 +181,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "score maps (large faint defects are found better at the smaller scale); 0 turns it off",
     )
     parser.add_argument(
+        "--all-images-in-terms",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.all_images_in_terms,
+        help="after calibration, rebuild the memory bank and the global Gaussian from every "
+        "image, the held-out ones included (calibrated on the held-out images beforehand)",
+    )
+    parser.add_argument(
         "--memory-bank-size",
         type=int,
         default=defaults.memory_bank_size,
@@ -219,6 +227,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         memory_bank_size=args.memory_bank_size,
         input_standardisation=args.input_standardisation,
         second_scale=args.second_scale,
+        all_images_in_terms=args.all_images_in_terms,
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
         device=args.device,
@@ -249,6 +258,9 @@ def _run_fit(args: argparse.Namespace) -> int:
         else f"{meta.image_size} + {meta.second_image_size} px"
     )
     print(f"score: {' + '.join(parts)}; input {standardised}; scales {scales}")
+    if meta.terms_include_holdout:
+        every = meta.train_image_count + meta.holdout_image_count
+        print(f"memory bank and Gaussian rebuilt from all {every} images after calibration")
     return 0
 
 

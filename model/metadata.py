@@ -18,9 +18,11 @@ from model.errors import ArtifactError
 #    backbone); formats 2 to 4 read as without it.
 # 6: second_image_size (the detector also scores each image resized to a second, smaller
 #    side and averages the two score maps); formats 2 to 5 read as one scale.
-ARTIFACT_FORMAT_VERSION = 6
+# 7: terms_include_holdout (the memory bank and the Gaussian were rebuilt from the held-out
+#    images too, after calibration); formats 2 to 6 read as without.
+ARTIFACT_FORMAT_VERSION = 7
 MIN_IMAGE_SIZE = 32  # smallest input side: one cell of the stride-32 layers
-READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, 6)
+READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, 6, 7)
 
 
 def second_scale_size(image_size: int, second_scale: float) -> int | None:
@@ -191,6 +193,9 @@ class DetectorMetadata:
         second_image_size: Side of the second input scale (``model.detector.InputRescaler``:
             each image is also scored resized to it, and the two score maps averaged), or
             None for one scale. Smaller than ``image_size``.
+        terms_include_holdout: The memory bank and the Gaussian hold the held-out images
+            too (rebuilt after calibration; their center, weight and the threshold were set
+            on the held-out images against the training images' alone).
     """
 
     version: str
@@ -219,6 +224,7 @@ class DetectorMetadata:
     patch_memory: PatchMemoryTerm | None = None
     input_standardisation: bool = False
     second_image_size: int | None = None
+    terms_include_holdout: bool = False
 
     def to_json(self) -> str:
         """Serialises to a JSON string (stable key order)."""
@@ -244,6 +250,7 @@ class DetectorMetadata:
                 "patch_memory",
                 "input_standardisation",
                 "second_image_size",
+                "terms_include_holdout",
             }
             if unknown or missing:
                 raise ValueError(f"unknown fields {sorted(unknown)}, missing {sorted(missing)}")
@@ -269,8 +276,9 @@ class DetectorMetadata:
                     f"second_image_size must be null or an integer from {MIN_IMAGE_SIZE} to "
                     f"image_size - 1, got {second!r}"
                 )
-            if not isinstance(raw.get("input_standardisation", False), bool):
-                raise ValueError("input_standardisation must be true or false")
+            for name in ("input_standardisation", "terms_include_holdout"):
+                if not isinstance(raw.get(name, False), bool):
+                    raise ValueError(f"{name} must be true or false")
             if not isinstance(raw["margin"], int | float) or raw["margin"] <= 0:
                 raise ValueError(f"margin must be a positive number, got {raw['margin']!r}")
             return cls(**raw)

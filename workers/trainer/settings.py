@@ -60,6 +60,10 @@ class FitSettings(BaseModel):
         default=0.75, ge=0, lt=1,
         description="Also score each frame resized to this share of image_size and average "
         "the two score maps; 0 turns it off.")
+    all_images_in_terms: bool = Field(
+        default=True,
+        description="After calibration, rebuild the memory bank and the Gaussian from every "
+        "training frame, the held-out ones included.")
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 

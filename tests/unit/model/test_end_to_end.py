@@ -59,6 +59,7 @@ def test_cli_fit_eval_predict(tmp_path, capsys):
     assert meta.train_image_count + meta.holdout_image_count == 50
     assert meta.patch_memory is not None and meta.patch_memory.size == 500
     assert meta.second_image_size == 48  # the default second scale, 0.75
+    assert meta.terms_include_holdout  # the default rebuilds the bank from all 50 images
     code = cli.main(
         [
             "eval",
@@ -77,6 +78,7 @@ def test_cli_fit_eval_predict(tmp_path, capsys):
         "score: SimpleNet + memory bank (500 patches) + global Gaussian; input standardised "
         "to one grey level and contrast; scales 64 + 48 px" in out
     )
+    assert "memory bank and Gaussian rebuilt from all 50 images after calibration" in out
     assert code == 0 and "image AUROC" in out and "AUPRO" in out
     assert "recall at 1% false alarms" in out and "target false alarm rate" in out
     assert len(list((tmp_path / "ov").glob("*.png"))) == 3
