@@ -129,7 +129,9 @@ def map_parts(detector: AnomalyDetector, images: list[np.ndarray]) -> tuple:
 
 def print_positions(variant: str, runs: Path, data: Path, seed: int) -> None:
     """The full default under ``variant``: checks' lines, map as is and per-position scaled."""
-    detector = load_or_fit(f"{FitConfig().backbone}:{seed}", runs / variant, data)
+    detector = load_or_fit(  # held-out maps below: the bank must not hold those images
+        f"{FitConfig().backbone}:{seed}", runs / variant, data, all_images_in_terms=False
+    )
     images = read_images(list_images(data / "train" / "good"))
     config = FitConfig()
     _, holdout = split_holdout(len(images), config.holdout_fraction, config.min_holdout, seed)

@@ -70,15 +70,21 @@ def on_one_grid(maps: list[np.ndarray]) -> list[np.ndarray]:
     ]
 
 
-def load_or_fit(run: str, runs: Path, data: Path) -> AnomalyDetector:
+def load_or_fit(
+    run: str, runs: Path, data: Path, *, all_images_in_terms: bool = True
+) -> AnomalyDetector:
     """The saved detector of run ``BACKBONE:SEED[:SIZE]``, fitted when absent.
 
-    The fit uses the defaults, with input size ``SIZE`` px when given.
+    The fit uses the defaults, with input size ``SIZE`` px when given; with
+    ``all_images_in_terms=False`` its memory bank and Gaussian keep the training share
+    (saved under a ``-trainterms`` name).
     """
     backbone, seed, *size = run.split(":")
     sized = {"image_size": int(size[0])} if size else {}
-    config = FitConfig(backbone=backbone, seed=int(seed), **sized)
-    suffix = f"-{size[0]}px" if size else ""
+    config = FitConfig(
+        backbone=backbone, seed=int(seed), all_images_in_terms=all_images_in_terms, **sized
+    )
+    suffix = (f"-{size[0]}px" if size else "") + ("" if all_images_in_terms else "-trainterms")
     path = runs / f"{backbone}-s{seed}{suffix}.safetensors"
     if path.exists():
         return load_artifact(path)

@@ -24,8 +24,10 @@ percentile minus the median, which with 110 held-out images is set by the two hi
 weights it gives (memory, Gaussian: ``q99`` .117 / .158, .160 / .166, .102 / .089 at seeds
 0 / 1 / 2; ``iqr`` .084 / .052, .059 / .050, .094 / .056).
 
-Detectors come from ``bench/ensemble.py``'s runs directory (``efficientnet_lite0-sN``),
-fitted with the defaults when absent; the raw terms are cached next to them.
+Detectors come from ``bench/ensemble.py``'s runs directory
+(``efficientnet_lite0-sN-trainterms``), fitted with the defaults when absent but with the
+memory bank and Gaussian of the training share (``all_images_in_terms=False``), so that the
+held-out images are unseen by both terms; the raw terms are cached next to them.
 
     python bench/score_rules.py [--seeds 0 1 2] [--runs-dir runs/ensemble]
 
@@ -218,9 +220,14 @@ def main() -> None:
     sets = check_sets(args.data)
     names = [sample.name for sample in list_test_samples(args.data)]  # check_sets' dev order
     for seed in args.seeds:
-        detector = load_or_fit(f"efficientnet_lite0:{seed}", args.runs_dir, args.data)
-        if detector.metadata.second_image_size is None:
-            raise SystemExit("the saved detector has one input scale; refit with the defaults")
+        detector = load_or_fit(
+            f"efficientnet_lite0:{seed}", args.runs_dir, args.data, all_images_in_terms=False
+        )
+        if detector.metadata.second_image_size is None or detector.metadata.terms_include_holdout:
+            raise SystemExit(
+                "the saved detector has one input scale or a bank holding its held-out images; "
+                "refit with the defaults and all_images_in_terms=False"
+            )
         _, holdout_index = split_holdout(
             len(train), config.holdout_fraction, config.min_holdout, seed
         )
