@@ -677,6 +677,11 @@ def fit_detector(
     )
     head = train_heads(features, config, local, progress)
     use_extras = len(holdout_images) >= MIN_HOLDOUT_FOR_TERMS
+    rebuild_terms = (
+        config.all_images_in_terms
+        and use_extras
+        and (config.memory_bank_size > 0 or config.global_gaussian)
+    )
     if (config.global_gaussian or config.memory_bank_size) and not use_extras:
         logger.warning(
             "no global Gaussian term and no memory bank: %d held-out images, %d needed to "
@@ -699,7 +704,7 @@ def fit_detector(
         memory = PatchMemory(bank, center=0.0, weight=1.0)
         logger.info("memory bank: %d of %d patches", len(bank), len(patches))
     del local
-    if not (config.all_images_in_terms and use_extras):
+    if not rebuild_terms:
         del features
     assert config.noise_sigma is not None
     provisional = Calibration(
@@ -733,7 +738,6 @@ def fit_detector(
         extra=dict(config.extra),
         input_standardisation=config.input_standardisation,
         second_image_size=config.second_image_size,
-        terms_include_holdout=bool(config.all_images_in_terms and use_extras),
     )
     detector = AnomalyDetector(backbone=backbone, head=head.cpu(), metadata=metadata)
     detector.to(config.device)
@@ -766,7 +770,7 @@ def fit_detector(
         )
         raw_scores = raw_scores + weight * (distances - center)
     calibration = calibrate(raw_scores, config.target_false_alarm_rate)
-    if config.all_images_in_terms and (memory is not None or gaussian is not None):
+    if rebuild_terms:
         memory, gaussian, shrinkage = _terms_from_all_images(
             backbone, aggregator, features, pooled, holdout_images, memory, gaussian, config,
             progress,
@@ -784,6 +788,7 @@ def fit_detector(
         calibration_scores=tuple(float(v) for v in calibration.normalize(raw_scores)),
         global_gaussian=term,
         patch_memory=memory_term,
+        terms_include_holdout=rebuild_terms,
     )
     detector = AnomalyDetector(
         backbone=backbone,

@@ -9,7 +9,13 @@ import torch
 
 from model.errors import ArtifactError
 from model.metadata import ARTIFACT_FORMAT_VERSION, DetectorMetadata
-from model.trainer import FitConfig, extract_patch_features, fit_detector, split_holdout
+from model.trainer import (
+    MIN_HOLDOUT_FOR_TERMS,
+    FitConfig,
+    extract_patch_features,
+    fit_detector,
+    split_holdout,
+)
 from tests.unit.model.conftest import make_metadata
 
 SMALL_FIT = dict(
@@ -82,7 +88,8 @@ def test_the_terms_see_the_held_out_images_and_keep_the_held_out_calibration(lit
 
 def test_without_the_terms_nothing_is_rebuilt_or_recorded(lite0):
     config = replace(FitConfig(**SMALL_FIT), memory_bank_size=0, global_gaussian=False)
-    detector = fit_detector(_images(30), config=config, product_line="a", backbone=lite0)
+    detector = fit_detector(_images(50), config=config, product_line="a", backbone=lite0)
+    assert detector.metadata.holdout_image_count >= MIN_HOLDOUT_FOR_TERMS
     assert detector.patch_memory is None and detector.global_gaussian is None
     assert not detector.metadata.terms_include_holdout
 
