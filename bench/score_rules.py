@@ -24,6 +24,14 @@ percentile minus the median, which with 110 held-out images is set by the two hi
 weights it gives (memory, Gaussian: ``q99`` .117 / .158, .160 / .166, .102 / .089 at seeds
 0 / 1 / 2; ``iqr`` .084 / .052, .059 / .050, .094 / .056).
 
+``--term-ranks [NAME ...]`` (stop 31) prints, under each seed's development ``mean`` line,
+each term of the four highest good tiles and of the named ones with its rank among the 199
+good tiles. At stop 31 (``--rules mean --term-ranks good/exp4_num_321478
+good/exp2_num_3524``) the tile that sets the threshold is high in the memory and Gaussian
+terms at one seed only: ``good/exp4_num_321478`` memory 3rd, Gaussian distance 24.7, total
+2nd at seed 0; memory 62nd / 94th, distance 20.2 / 20.0, total 54th / 60th at seeds 1 / 2
+(``bench/full_bank.py`` follows this up).
+
 Detectors come from ``bench/ensemble.py``'s runs directory
 (``efficientnet_lite0-sN-trainterms``), fitted with the defaults when absent but with the
 memory bank and Gaussian of the training share (``all_images_in_terms=False``), so that the
@@ -189,6 +197,44 @@ def print_highest_good(scores: np.ndarray, kinds: np.ndarray, names: list[str]) 
     )
 
 
+def print_term_ranks(
+    holdout: dict, terms: dict, kinds: np.ndarray, names: list[str], also: list[str]
+) -> None:
+    """Each term of the ``mean`` rule for the good images that score highest, and its rank.
+
+    ``also`` names more test images (``good/exp4_num_321478``) to print after those four.
+
+    The image score is the merged map's maximum plus the Gaussian term; the map's maximum
+    is shown with the SimpleNet map's and the memory term's own maxima (ranks among the good
+    images, 1 = highest), to see which term puts a good image at the top.
+    """
+
+    def maxima(maps: np.ndarray) -> np.ndarray:
+        return maps.reshape(len(maps), -1).max(axis=1)
+
+    def merged(parts: dict, name: str) -> np.ndarray:
+        return (parts[f"{name}0"] + parts[f"{name}1"]) / 2
+
+    center, weight = matching_scale(maxima(merged(holdout, "s")), maxima(merged(holdout, "d")))
+    held = maxima(merged(holdout, "s") + weight * (merged(holdout, "d") - center))
+    g_center, g_weight = matching_scale(held, holdout["g"])
+    parts = {
+        "SimpleNet max": maxima(merged(terms, "s")),
+        "memory max": maxima(weight * (merged(terms, "d") - center)),
+        "Gaussian": g_weight * (terms["g"] - g_center),
+    }
+    total = maxima(merged(terms, "s") + weight * (merged(terms, "d") - center)) + parts["Gaussian"]
+    good = np.flatnonzero(kinds == "good")
+    chosen = list(good[np.argsort(-total[good])[:4]])
+    chosen += [names.index(name) for name in also if names.index(name) not in chosen]
+    for i in chosen:
+        ranks = "  ".join(
+            f"{label} {values[i]:.2f} (rank {int(np.sum(values[good] > values[i])) + 1})"
+            for label, values in {**parts, "total": total}.items()
+        )
+        print(f"    {names[i]}: {ranks}; Gaussian distance {terms['g'][i]:.1f}")
+
+
 def cached_terms(detector: AnomalyDetector, images: list[np.ndarray], path: Path) -> dict:
     """:func:`raw_terms`, saved to (and loaded from) ``path``."""
     if path.exists():
@@ -211,6 +257,14 @@ def main() -> None:
         choices=SPREADS,
         default=["q99"],
         help="spread estimates for matching the terms (q99 is the product's)",
+    )
+    parser.add_argument(
+        "--term-ranks",
+        nargs="*",
+        metavar="NAME",
+        default=None,
+        help="under each development mean line, every term of the four highest good images "
+        "and of the named test images (e.g. good/exp4_num_321478)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -249,6 +303,10 @@ def main() -> None:
                                 "  weights: memory {:.4f}, Gaussian {:.4f}".format(*WEIGHTS[spread])
                             )
                         print_highest_good(scores, np.array(kinds), names)
+                        if args.term_ranks is not None:
+                            print_term_ranks(
+                                holdout, terms, np.array(kinds), names, args.term_ranks
+                            )
 
 
 if __name__ == "__main__":
