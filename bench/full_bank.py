@@ -69,11 +69,9 @@ VARIANTS = ("default", "all-bank", "all-gaussian", "all-both")
 
 
 def print_operating_point(
-    scores: np.ndarray, kinds: np.ndarray, holdout: dict, config: FitConfig
+    scores: np.ndarray, kinds: np.ndarray, threshold: float, config: FitConfig
 ) -> None:
-    """False alarms and recall at the threshold the fit calibrates (held-out, as fitted)."""
-    held, _ = apply_rule("mean", holdout, holdout)
-    threshold = calibrate(held, config.target_false_alarm_rate).threshold
+    """False alarms and recall at ``threshold``, the one the fit calibrates."""
     good = kinds == "good"
     print(
         f"  at the calibrated threshold: false alarm rate on unseen good "
@@ -111,6 +109,8 @@ def main() -> None:
         holdout = cached_terms(
             detector, [train[i] for i in holdout_index], Path(f"{stem}-holdout.npz")
         )
+        held, _ = apply_rule("mean", holdout, holdout)  # the fit's held-out scores
+        threshold = calibrate(held, config.target_false_alarm_rate).threshold
         fitted = {
             key: cached_terms(detector, sets[key][0], Path(f"{stem}-{key}.npz")) for key in sets
         }
@@ -141,7 +141,7 @@ def main() -> None:
                     terms.update(g=rebuilt["g"])
                 scores, maps = apply_rule("mean", holdout, terms)
                 report(f"s{seed} {key} {variant}", scores, maps, truth, np.array(kinds))
-                print_operating_point(scores, np.array(kinds), holdout, config)
+                print_operating_point(scores, np.array(kinds), threshold, config)
 
 
 if __name__ == "__main__":

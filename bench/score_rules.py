@@ -102,7 +102,6 @@ from model.trainer import FitConfig, split_holdout
 RULES = ("mean", "max", "score-max", "full")
 SPREAD_QUANTILES = {"q95": 0.95, "q90": 0.90}
 SPREADS = ("q99", "q95", "q90", "iqr", "std")
-WEIGHTS: dict[str, tuple[float, float]] = {}  # the last weights of each spread, for the log
 
 
 @torch.inference_mode()
@@ -153,35 +152,49 @@ def spread_matching(spread: str) -> Callable[[np.ndarray, np.ndarray], tuple[flo
     return matching
 
 
+def merged(rule: str, parts: dict, name: str) -> np.ndarray:
+    """The two scales' ``name`` maps (``s``: SimpleNet, ``d``: distances) merged under ``rule``."""
+    if rule == "full":
+        return parts[f"{name}0"]
+    if rule == "max":
+        return np.maximum(parts[f"{name}0"], parts[f"{name}1"])
+    return (parts[f"{name}0"] + parts[f"{name}1"]) / 2
+
+
+def maxima(maps: np.ndarray) -> np.ndarray:
+    """Each map's maximum, ``[N]``."""
+    return maps.reshape(len(maps), -1).max(axis=1)
+
+
+def map_and_raw(
+    rule: str, parts: dict, center: float, weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merged score maps with the memory term, and the image scores before the Gaussian."""
+    maps = merged(rule, parts, "s") + weight * (merged(rule, parts, "d") - center)
+    if rule != "score-max":
+        return maps, maxima(maps)
+    per_scale = [parts[f"s{k}"] + weight * (parts[f"d{k}"] - center) for k in (0, 1)]
+    return maps, np.maximum(maxima(per_scale[0]), maxima(per_scale[1]))
+
+
+def term_scaling(
+    rule: str, holdout: dict, spread: str = "q99"
+) -> tuple[float, float, float, float]:
+    """Center and weight of the memory term, then of the Gaussian, matched on ``holdout``."""
+    matching = spread_matching(spread)
+    center, weight = matching(
+        maxima(merged(rule, holdout, "s")), maxima(merged(rule, holdout, "d"))
+    )
+    _, held_raw = map_and_raw(rule, holdout, center, weight)
+    return (center, weight, *matching(held_raw, holdout["g"]))
+
+
 def apply_rule(
     rule: str, holdout: dict, terms: dict, spread: str = "q99"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image scores ``[N]`` and maps ``[N, h, w]`` of ``terms`` under ``rule``."""
-    matching = spread_matching(spread)
-
-    def merged(parts: dict, name: str) -> np.ndarray:
-        if rule == "full":
-            return parts[f"{name}0"]
-        if rule == "max":
-            return np.maximum(parts[f"{name}0"], parts[f"{name}1"])
-        return (parts[f"{name}0"] + parts[f"{name}1"]) / 2
-
-    def maxima(maps: np.ndarray) -> np.ndarray:
-        return maps.reshape(len(maps), -1).max(axis=1)
-
-    center, weight = matching(maxima(merged(holdout, "s")), maxima(merged(holdout, "d")))
-
-    def map_and_raw(parts: dict) -> tuple[np.ndarray, np.ndarray]:
-        maps = merged(parts, "s") + weight * (merged(parts, "d") - center)
-        if rule != "score-max":
-            return maps, maxima(maps)
-        per_scale = [parts[f"s{k}"] + weight * (parts[f"d{k}"] - center) for k in (0, 1)]
-        return maps, np.maximum(maxima(per_scale[0]), maxima(per_scale[1]))
-
-    _, held_raw = map_and_raw(holdout)
-    g_center, g_weight = matching(held_raw, holdout["g"])
-    maps, raw = map_and_raw(terms)
-    WEIGHTS[spread] = (weight, g_weight)
+    center, weight, g_center, g_weight = term_scaling(rule, holdout, spread)
+    maps, raw = map_and_raw(rule, terms, center, weight)
     return raw + g_weight * (terms["g"] - g_center), maps
 
 
@@ -208,22 +221,14 @@ def print_term_ranks(
     is shown with the SimpleNet map's and the memory term's own maxima (ranks among the good
     images, 1 = highest), to see which term puts a good image at the top.
     """
-
-    def maxima(maps: np.ndarray) -> np.ndarray:
-        return maps.reshape(len(maps), -1).max(axis=1)
-
-    def merged(parts: dict, name: str) -> np.ndarray:
-        return (parts[f"{name}0"] + parts[f"{name}1"]) / 2
-
-    center, weight = matching_scale(maxima(merged(holdout, "s")), maxima(merged(holdout, "d")))
-    held = maxima(merged(holdout, "s") + weight * (merged(holdout, "d") - center))
-    g_center, g_weight = matching_scale(held, holdout["g"])
+    center, weight, g_center, g_weight = term_scaling("mean", holdout)
+    _, map_max = map_and_raw("mean", terms, center, weight)
     parts = {
-        "SimpleNet max": maxima(merged(terms, "s")),
-        "memory max": maxima(weight * (merged(terms, "d") - center)),
+        "SimpleNet max": maxima(merged("mean", terms, "s")),
+        "memory max": maxima(weight * (merged("mean", terms, "d") - center)),
         "Gaussian": g_weight * (terms["g"] - g_center),
     }
-    total = maxima(merged(terms, "s") + weight * (merged(terms, "d") - center)) + parts["Gaussian"]
+    total = map_max + parts["Gaussian"]
     good = np.flatnonzero(kinds == "good")
     chosen = list(good[np.argsort(-total[good])[:4]])
     chosen += [names.index(name) for name in also if names.index(name) not in chosen]
@@ -299,9 +304,8 @@ def main() -> None:
                     report(f"s{seed} {key} {title}", scores, maps, truth, np.array(kinds))
                     if key == "dev" and rule == "mean":
                         if len(args.spreads) > 1:
-                            print(
-                                "  weights: memory {:.4f}, Gaussian {:.4f}".format(*WEIGHTS[spread])
-                            )
+                            _, weight, _, g_weight = term_scaling(rule, holdout, spread)
+                            print(f"  weights: memory {weight:.4f}, Gaussian {g_weight:.4f}")
                         print_highest_good(scores, np.array(kinds), names)
                         if args.term_ranks is not None:
                             print_term_ranks(
