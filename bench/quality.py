@@ -71,6 +71,9 @@ def main() -> None:
         help="override (--no-all-images-in-terms: the bank and Gaussian from the training share)",
     )
     parser.add_argument(
+        "--memory-emphasis", type=float, default=None, help="override (1: the terms weigh the same)"
+    )
+    parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device of the fit and the checks (default: cuda when available, else cpu)",
@@ -79,7 +82,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = (
         "backbone", "heads", "local_anomaly_share", "image_size", "memory_bank_size",
-        "second_scale", "all_images_in_terms",
+        "second_scale", "all_images_in_terms", "memory_emphasis",
     )
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     config = FitConfig(seed=args.seed, device=args.device, **overrides)

@@ -188,6 +188,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "image, the held-out ones included (calibrated on the held-out images beforehand)",
     )
     parser.add_argument(
+        "--memory-emphasis",
+        type=float,
+        default=defaults.memory_emphasis,
+        help="weight of the memory term in the score map over SimpleNet's map once both have "
+        "the same spread on the held-out good images (1: the same weight)",
+    )
+    parser.add_argument(
         "--memory-bank-size",
         type=int,
         default=defaults.memory_bank_size,
@@ -228,6 +235,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         input_standardisation=args.input_standardisation,
         second_scale=args.second_scale,
         all_images_in_terms=args.all_images_in_terms,
+        memory_emphasis=args.memory_emphasis,
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
         device=args.device,

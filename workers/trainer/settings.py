@@ -64,6 +64,10 @@ class FitSettings(BaseModel):
         default=True,
         description="After calibration, rebuild the memory bank and the Gaussian from every "
         "training frame, the held-out ones included.")
+    memory_emphasis: float = Field(
+        default=2.0, gt=0, le=100,
+        description="Weight of the memory term in the score map over SimpleNet's map once "
+        "both have the same spread on the held-out good frames.")
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 
