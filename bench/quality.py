@@ -16,7 +16,7 @@ actually gives on the unseen good tiles.
 
     python bench/quality.py [--data ../shared/data/mtd] [--overlays runs/quality] [--seed N]
         [--backbone NAME] [--heads K] [--image-size S] [--memory-bank-size N]
-        [--second-scale F] [--device cuda]
+        [--second-scale F] [--memory-emphasis K] [--device cuda]
 """
 
 from __future__ import annotations
