@@ -127,10 +127,9 @@ class FitConfig:
         memory_emphasis: The memory term's weight in the score map relative to SimpleNet's
             map, after the two are brought to the same held-out spread (1 weighs them the
             same on good images). The Gaussian term is then matched to the emphasised map.
-            The nearest-neighbour distance localises better than the heads on both checks
-            and at both scales (development / synthetic pixel AUROC at seed 0, 256 px and
-            192 px: memory .967 / .868 and .950 / .902, heads .959 / .832 and .956 / .868);
-            figures of the default 2 against 1 in the README's model section.
+            The nearest-neighbour distance localises better than the heads at 256 px on
+            both checks and at 192 px on the synthetic one (``bench/terms.py``); figures of
+            the default 2 against 1 in the README's model section.
         epochs: Passes of each head over the cached training features; the last is kept.
             A fixed schedule, not a stopping rule: the results level off after 3 (2 heads,
             development image AUROC / recall at 1% false alarms, synthetic image /
