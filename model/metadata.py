@@ -138,7 +138,8 @@ class PatchMemoryTerm:
 
     Attributes:
         center: Median over the held-out good images of their largest patch distance.
-        weight: Scale putting the distance map on the SimpleNet map's held-out spread.
+        weight: Scale putting the distance map on the SimpleNet map's held-out spread, times
+            the fit's memory emphasis.
         size: Patches in the bank.
         dims: Patch feature dimensions.
     """

@@ -84,7 +84,8 @@ class PatchMemory(nn.Module):
     Args:
         bank: ``[M, D]`` normal patch features.
         center: Median over the held-out good images of their largest patch distance.
-        weight: Scale that gives the distance map the SimpleNet map's held-out spread.
+        weight: Scale that gives the distance map the SimpleNet map's held-out spread, times
+            the fit's memory emphasis (``FitConfig.memory_emphasis``).
     """
 
     def __init__(self, bank: torch.Tensor, *, center: float, weight: float) -> None:
