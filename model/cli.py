@@ -195,6 +195,14 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "the same spread on the held-out good images (1: the same weight)",
     )
     parser.add_argument(
+        "--in-map-layers",
+        type=int,
+        default=defaults.in_map_layers,
+        help="how many of the finest backbone layers average only the in-map cells of a border "
+        "cell's 3x3 neighbourhood (0: the zeros outside the map counted on every layer, as "
+        "SimpleNet's code)",
+    )
+    parser.add_argument(
         "--memory-bank-size",
         type=int,
         default=defaults.memory_bank_size,
@@ -236,6 +244,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         second_scale=args.second_scale,
         all_images_in_terms=args.all_images_in_terms,
         memory_emphasis=args.memory_emphasis,
+        in_map_layers=args.in_map_layers,
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
         device=args.device,
@@ -265,7 +274,12 @@ def _run_fit(args: argparse.Namespace) -> int:
         f"{meta.image_size} px" if meta.second_image_size is None
         else f"{meta.image_size} + {meta.second_image_size} px"
     )
-    print(f"score: {' + '.join(parts)}; input {standardised}; scales {scales}")
+    border = (
+        "zeros counted at the border" if meta.in_map_layers == 0
+        else f"in-map border mean on the {meta.in_map_layers} finest layer"
+        + ("s" if meta.in_map_layers > 1 else "")
+    )
+    print(f"score: {' + '.join(parts)}; input {standardised}; scales {scales}; {border}")
     if meta.terms_include_holdout:
         every = meta.train_image_count + meta.holdout_image_count
         print(f"memory bank and Gaussian rebuilt from all {every} images after calibration")

@@ -314,7 +314,10 @@ class AnomalyDetector(nn.Module):
         self.global_gaussian = global_gaussian
         self.patch_memory = patch_memory
         self.aggregator = PatchFeatureAggregator(
-            backbone.spec, common_dim=metadata.common_dim, embed_dim=metadata.embed_dim
+            backbone.spec,
+            common_dim=metadata.common_dim,
+            embed_dim=metadata.embed_dim,
+            in_map_layers=metadata.in_map_layers,
         )
         self.head = head.eval()
         self.metadata = metadata

@@ -92,8 +92,8 @@ def projection_matrices(
     return matrices
 
 
-def neighbourhood_mean(feature_map: torch.Tensor) -> torch.Tensor:
-    """Averages every location's 3x3 neighbourhood (zeros outside the map are counted).
+def neighbourhood_mean(feature_map: torch.Tensor, *, in_map_only: bool = False) -> torch.Tensor:
+    """Averages every location's 3x3 neighbourhood.
 
     The same 3x3 on every layer. On Lite0's stride-32 layer (6 heads, development /
     synthetic checks) a 5x5 neighbourhood caught more at 1% false alarms on the synthetic
@@ -103,11 +103,15 @@ def neighbourhood_mean(feature_map: torch.Tensor) -> torch.Tensor:
     synthetic faint blotches (pixel 0.829 -> 0.817) and most of the image recall (0.57 ->
     0.39).
 
-    The zeros stay counted at the border. Averaging the in-map cells only (the full default,
-    ``bench/border.py exclude``) sharpened the development heatmaps, whose defects sit
-    mostly at the tile's edge (pixel AUROC 0.967 -> 0.980), but made the corner cells the
-    good tiles' highest (a corner then averages 4 cells, not 9) and lost recall at 1% false
-    alarms on both checks (0.720 -> 0.605, synthetic 0.835 -> 0.665).
+    At the border, SimpleNet's code counts the zeros outside the map, which shrinks a
+    border cell's feature by a third (a corner's by 5/9) on every layer. ``in_map_only``
+    averages the cells inside the map instead (:attr:`PatchFeatureAggregator.in_map_layers`
+    chooses the layers). On every layer of the full default that sharpened the development
+    heatmaps, whose defects sit mostly at the tile's edge (pixel AUROC 0.967 -> 0.980), but
+    made the corner cells the good tiles' highest (a stride-32 corner then averages 4 of
+    Lite0's 8 x 8 cells, not 9) and lost recall at 1% false alarms on both checks (0.720 ->
+    0.605, synthetic 0.835 -> 0.665); on the stride-8 layer alone it is the default (see
+    ``IN_MAP_LAYERS`` in :mod:`model.trainer`).
 
     The map is pooled in channels-last layout (three times faster on the CPU than the
     backbones' NCHW output, measured on Lite0's maps), which is also the layout the
@@ -115,23 +119,62 @@ def neighbourhood_mean(feature_map: torch.Tensor) -> torch.Tensor:
 
     Args:
         feature_map: ``[B, C, h, w]``.
+        in_map_only: Average the in-map cells of each neighbourhood only, instead of
+            counting the zeros outside the map.
 
     Returns:
         ``[B, C, h, w]`` in channels-last memory layout.
     """
     feature_map = feature_map.contiguous(memory_format=torch.channels_last)
-    return F.avg_pool2d(feature_map, kernel_size=3, stride=1, padding=1, count_include_pad=True)
+    return F.avg_pool2d(
+        feature_map, kernel_size=3, stride=1, padding=1, count_include_pad=not in_map_only
+    )
+
+
+def check_in_map_layers(in_map_layers: int, layer_count: int) -> None:
+    """Refuses an ``in_map_layers`` that is not an integer from 0 to ``layer_count``.
+
+    Raises:
+        ValueError: Naming ``in_map_layers``.
+    """
+    if (
+        not isinstance(in_map_layers, int)
+        or isinstance(in_map_layers, bool)
+        or not 0 <= in_map_layers <= layer_count
+    ):
+        raise ValueError(
+            f"in_map_layers must be an integer from 0 to {layer_count} (the backbone "
+            f"layers), got {in_map_layers!r}"
+        )
 
 
 class PatchFeatureAggregator(nn.Module):
-    """Turns backbone maps into ``embed_dim`` patch features on the finest grid."""
+    """Turns backbone maps into ``embed_dim`` patch features on the finest grid.
 
-    def __init__(self, spec: BackboneSpec, *, common_dim: int | None, embed_dim: int) -> None:
+    Args:
+        spec: The backbone's layers.
+        common_dim: Per-layer projection dimension; None concatenates the layers.
+        embed_dim: Dimension of the aggregated patch feature.
+        in_map_layers: How many of the finest layers average only the in-map cells of a
+            border cell's 3x3 neighbourhood (:func:`neighbourhood_mean`); 0 counts the
+            zeros outside the map on every layer, as SimpleNet's code.
+    """
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        *,
+        common_dim: int | None,
+        embed_dim: int,
+        in_map_layers: int = 0,
+    ) -> None:
         super().__init__()
         if (common_dim is not None and common_dim < 1) or embed_dim < 1:
             raise ValueError("common_dim and embed_dim must be positive")
+        check_in_map_layers(in_map_layers, len(spec.channels))
         self.common_dim = common_dim
         self.embed_dim = embed_dim
+        self.in_map_layers = in_map_layers
         for index, matrix in enumerate(projection_matrices(spec.channels, common_dim, embed_dim)):
             self.register_buffer(f"projection{index}", matrix, persistent=False)
 
@@ -143,9 +186,18 @@ class PatchFeatureAggregator(nn.Module):
         return sum(1 for name, _ in self.named_buffers() if name.startswith("projection"))
 
     @staticmethod
-    def pooled_layers(feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Applies the 3x3 neighbourhood mean to each backbone map (each on its own grid)."""
-        return [neighbourhood_mean(feature_map) for feature_map in feature_maps]
+    def pooled_layers(
+        feature_maps: list[torch.Tensor], in_map_layers: int = 0
+    ) -> list[torch.Tensor]:
+        """Applies the 3x3 neighbourhood mean to each backbone map (each on its own grid).
+
+        The first ``in_map_layers`` maps (the finest) average the in-map cells only at the
+        border; the others count the zeros outside the map.
+        """
+        return [
+            neighbourhood_mean(feature_map, in_map_only=index < in_map_layers)
+            for index, feature_map in enumerate(feature_maps)
+        ]
 
     def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
         """Aggregates backbone maps into patch features.
@@ -156,7 +208,7 @@ class PatchFeatureAggregator(nn.Module):
         Returns:
             Patch features ``[B, embed_dim, h_0, w_0]``.
         """
-        pooled = self.pooled_layers(feature_maps)
+        pooled = self.pooled_layers(feature_maps, self.in_map_layers)
         grid = pooled[0].shape[-2:]
         total = None
         for layer, matrix in zip(pooled, self.projections(), strict=True):

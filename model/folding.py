@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from model.features import PatchFeatureAggregator
+from model.features import PatchFeatureAggregator, check_in_map_layers
 from model.network import HeadEnsemble
 
 
@@ -43,6 +43,8 @@ class FoldedScorer(nn.Module):
         negative_slope: LeakyReLU slope.
         score_floor: Lower bound of each member's patch score.
         chunk_rows: Patches per GEMM on the CPU (the whole batch at once on CUDA).
+        in_map_layers: The aggregator's
+            :attr:`~model.features.PatchFeatureAggregator.in_map_layers`.
     """
 
     def __init__(
@@ -54,8 +56,11 @@ class FoldedScorer(nn.Module):
         negative_slope: float,
         score_floor: float,
         chunk_rows: int = 1024,
+        in_map_layers: int = 0,
     ) -> None:
         super().__init__()
+        check_in_map_layers(in_map_layers, len(layer_weights))
+        self.in_map_layers = in_map_layers
         self.layer_count = len(layer_weights)
         for index, weight in enumerate(layer_weights):
             # [C_i, K * hidden], so each GEMM reads rows of patches times a row-major matrix.
@@ -81,7 +86,7 @@ class FoldedScorer(nn.Module):
         Returns:
             Anomaly scores ``[B, h_0, w_0]``.
         """
-        pooled = PatchFeatureAggregator.pooled_layers(feature_maps)
+        pooled = PatchFeatureAggregator.pooled_layers(feature_maps, self.in_map_layers)
         batch, _, height, width = pooled[0].shape
         dtype = pooled[0].dtype
         weights = [weight.to(dtype) for weight in self.layer_weights_t()]
@@ -196,6 +201,7 @@ def fold_head(aggregator: PatchFeatureAggregator, ensemble: HeadEnsemble) -> Fol
         torch.stack(output_biases).float(),
         ensemble.members[0].discriminator.activation.negative_slope,
         ensemble.score_floor,
+        in_map_layers=aggregator.in_map_layers,
     )
 
 
@@ -218,6 +224,7 @@ class GraphScorer(nn.Module):
     def __init__(self, folded: FoldedScorer) -> None:
         super().__init__()
         self.layer_count = folded.layer_count
+        self.in_map_layers = folded.in_map_layers
         for index, weight_t in enumerate(folded.layer_weights_t()):
             # [C_i, K * hidden] -> a [K * hidden, C_i, 1, 1] 1x1 convolution
             self.register_buffer(f"conv{index}", weight_t.T.contiguous()[:, :, None, None])
@@ -242,8 +249,11 @@ class GraphScorer(nn.Module):
         """
         grid = (int(feature_maps[0].shape[-2]), int(feature_maps[0].shape[-1]))
         pooled = [
-            F.avg_pool2d(feature_map, 3, stride=1, padding=1, count_include_pad=True)
-            for feature_map in feature_maps
+            F.avg_pool2d(
+                feature_map, 3, stride=1, padding=1,
+                count_include_pad=index >= self.in_map_layers,
+            )
+            for index, feature_map in enumerate(feature_maps)
         ]
         # Coarse layers first (each resized after its 1x1 map), the finest layer's map last
         # with the bias: a runtime fuses that convolution with the sum and the activation.

@@ -20,9 +20,11 @@ from model.errors import ArtifactError
 #    side and averages the two score maps); formats 2 to 5 read as one scale.
 # 7: terms_include_holdout (the memory bank and the Gaussian were rebuilt from the held-out
 #    images too, after calibration); formats 2 to 6 read as without.
-ARTIFACT_FORMAT_VERSION = 7
+# 8: in_map_layers (how many of the finest backbone layers average only the in-map cells of
+#    a border cell's 3x3 neighbourhood); formats 2 to 7 read as 0 (zeros counted everywhere).
+ARTIFACT_FORMAT_VERSION = 8
 MIN_IMAGE_SIZE = 32  # smallest input side: one cell of the stride-32 layers
-READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, 6, 7)
+READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, 6, 7, 8)
 
 
 def second_scale_size(image_size: int, second_scale: float) -> int | None:
@@ -197,6 +199,10 @@ class DetectorMetadata:
         terms_include_holdout: The memory bank and the Gaussian hold the held-out images
             too (rebuilt after calibration; their center, weight and the threshold were set
             on the held-out images against the training images' alone).
+        in_map_layers: How many of the finest backbone layers average only the in-map
+            cells of a border cell's 3x3 neighbourhood
+            (:class:`~model.features.PatchFeatureAggregator`); 0 counts the zeros outside
+            the map on every layer.
     """
 
     version: str
@@ -226,6 +232,7 @@ class DetectorMetadata:
     input_standardisation: bool = False
     second_image_size: int | None = None
     terms_include_holdout: bool = False
+    in_map_layers: int = 0
 
     def to_json(self) -> str:
         """Serialises to a JSON string (stable key order)."""
@@ -252,6 +259,7 @@ class DetectorMetadata:
                 "input_standardisation",
                 "second_image_size",
                 "terms_include_holdout",
+                "in_map_layers",
             }
             if unknown or missing:
                 raise ValueError(f"unknown fields {sorted(unknown)}, missing {sorted(missing)}")
@@ -276,6 +284,16 @@ class DetectorMetadata:
                 raise ValueError(
                     f"second_image_size must be null or an integer from {MIN_IMAGE_SIZE} to "
                     f"image_size - 1, got {second!r}"
+                )
+            in_map = raw.get("in_map_layers", 0)
+            if (
+                not isinstance(in_map, int)
+                or isinstance(in_map, bool)
+                or not 0 <= in_map <= len(raw["layers"])
+            ):
+                raise ValueError(
+                    f"in_map_layers must be an integer from 0 to the {len(raw['layers'])} "
+                    f"layers, got {in_map!r}"
                 )
             for name in ("input_standardisation", "terms_include_holdout"):
                 if not isinstance(raw.get(name, False), bool):

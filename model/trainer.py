@@ -24,7 +24,12 @@ from model.detector import (
     images_to_tensor,
 )
 from model.errors import DatasetError
-from model.features import DEFAULT_COMMON_DIM, PatchFeatureAggregator, default_embed_dim
+from model.features import (
+    DEFAULT_COMMON_DIM,
+    PatchFeatureAggregator,
+    check_in_map_layers,
+    default_embed_dim,
+)
 from model.global_gaussian import GlobalGaussian, global_pool
 from model.local_anomalies import local_anomaly_set
 from model.loss import truncated_l1_loss
@@ -54,6 +59,9 @@ ABSOLUTE_NOISE_SIGMA = {"wide_resnet50_2": 0.015}
 # (FitConfig.memory_emphasis), and the most a fit accepts.
 MEMORY_EMPHASIS = 2.0
 MAX_MEMORY_EMPHASIS = 100.0
+# How many of the finest backbone layers average only the in-map cells of a border cell's
+# 3x3 neighbourhood (FitConfig.in_map_layers): the stride-8 layer.
+IN_MAP_LAYERS = 1
 # Fewer held-out images than this cannot put the Gaussian term or the memory bank on
 # SimpleNet's scale (with two, matched spreads cancel exactly whenever the two scores order
 # the images differently): such a fit goes without them.
@@ -130,6 +138,15 @@ class FitConfig:
             The nearest-neighbour distance localises better than the heads at 256 px on
             both checks and at 192 px on the synthetic one (``bench/terms.py``); figures of
             the default 2 against 1 in the README's model section.
+        in_map_layers: How many of the finest backbone layers average only the in-map
+            cells of a border cell's 3x3 neighbourhood instead of counting the zeros outside
+            the map, as SimpleNet's code does (``model.features.neighbourhood_mean``); 0
+            counts them on every layer. The stride-8 layer alone (1), seeds 0 / 1 / 2 against
+            0 (``bench/border.py exclude-8``), means: development pixel AUROC .965 -> .969,
+            AUPRO .744 -> .788, recall at 1% false alarms .842 -> .847; synthetic unseen
+            types pixel AUROC .889 both, image AUROC .975 -> .971. Two layers lost the
+            synthetic types .017 of pixel AUROC (seed 0), three lost recall at 1% on both
+            checks (stop 24).
         epochs: Passes of each head over the cached training features; the last is kept.
             A fixed schedule, not a stopping rule: the results level off after 3 (2 heads,
             development image AUROC / recall at 1% false alarms, synthetic image /
@@ -172,6 +189,7 @@ class FitConfig:
     second_scale: float = SECOND_SCALE
     all_images_in_terms: bool = True
     memory_emphasis: float = MEMORY_EMPHASIS
+    in_map_layers: int = IN_MAP_LAYERS
     epochs: int = 3
     batch_size: int = 8
     patches_per_step: int = 2048
@@ -216,6 +234,7 @@ class FitConfig:
         if not 0.0 <= self.local_anomaly_share < 1.0 or self.noise_ratio <= 0.0:
             raise ValueError("local_anomaly_share in [0, 1) and noise_ratio > 0 are required")
         second_scale_size(self.image_size, self.second_scale)
+        check_in_map_layers(self.in_map_layers, len(spec.layers))
         if self.memory_bank_size < 0:
             raise ValueError("memory_bank_size must be >= 0 (0 turns the memory bank off)")
         if not 0.0 < self.memory_emphasis <= MAX_MEMORY_EMPHASIS:
@@ -656,7 +675,10 @@ def fit_detector(
     train_images = [images[i] for i in train_index]
     holdout_images = [images[i] for i in holdout_index]
     aggregator = PatchFeatureAggregator(
-        backbone.spec, common_dim=config.common_dim, embed_dim=config.embed_dim
+        backbone.spec,
+        common_dim=config.common_dim,
+        embed_dim=config.embed_dim,
+        in_map_layers=config.in_map_layers,
     ).to(config.device)
     features, pooled = extract_patch_features(
         backbone,
@@ -751,6 +773,7 @@ def fit_detector(
         extra=dict(config.extra),
         input_standardisation=config.input_standardisation,
         second_image_size=config.second_image_size,
+        in_map_layers=config.in_map_layers,
     )
     detector = AnomalyDetector(backbone=backbone, head=head.cpu(), metadata=metadata)
     detector.to(config.device)

@@ -15,6 +15,12 @@ from pydantic import BaseModel, Field, model_validator
 from model.metadata import second_scale_size
 from pipeline.settings import KafkaSettings, ProcessSettings, RedisSettings
 
+# Layers of each backbone's default layer set (model.backbones; torch-free here, and
+# tests/unit/workers/trainer/test_trainer.py fails when they disagree).
+DEFAULT_LAYER_COUNTS = {
+    "efficientnet_lite0": 3, "efficientnet_lite1": 3, "efficientnet_lite2": 3, "wide_resnet50_2": 2,
+}
+
 
 class FitSettings(BaseModel):
     """How a candidate is fitted (``model.trainer.FitConfig``)."""
@@ -68,12 +74,25 @@ class FitSettings(BaseModel):
         default=2.0, gt=0, le=100,
         description="Weight of the memory term in the score map over SimpleNet's map once "
         "both have the same spread on the held-out good frames.")
+    in_map_layers: int = Field(
+        default=1, ge=0, le=4,
+        description="How many of the finest backbone layers average only the in-map cells of a "
+        "border cell's 3x3 neighbourhood (0: the zeros outside the map counted everywhere).")
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 
     @model_validator(mode="after")
     def _second_scale_fits(self) -> FitSettings:
         second_scale_size(self.image_size, self.second_scale)  # the model's rule, torch-free
+        return self
+
+    @model_validator(mode="after")
+    def _in_map_layers_fit(self) -> FitSettings:
+        layers = len(self.layers) if self.layers else DEFAULT_LAYER_COUNTS[self.backbone]
+        if self.in_map_layers > layers:
+            raise ValueError(
+                f"in_map_layers is {self.in_map_layers}, more than the backbone's {layers} layers"
+            )
         return self
 
 

@@ -8,6 +8,7 @@ from model.global_gaussian import GlobalGaussian
 from model.metadata import Calibration, DetectorMetadata, GlobalGaussianTerm, PatchMemoryTerm
 from model.network import HeadEnsemble, SimpleNetHead
 from model.patch_memory import PatchMemory
+from model.trainer import IN_MAP_LAYERS
 
 
 @pytest.fixture(scope="session")
@@ -85,12 +86,17 @@ def random_memory(
 
 
 def full_detector(
-    backbone, image_size: int = 64, seed: int = 0, second_image_size: int | None = -1
+    backbone,
+    image_size: int = 64,
+    seed: int = 0,
+    second_image_size: int | None = -1,
+    in_map_layers: int = IN_MAP_LAYERS,
 ) -> AnomalyDetector:
     """A random detector with a random patch memory and a random global Gaussian term.
 
     It standardises its input and, as a default fit does, also scores a second input scale
-    (``second_image_size``; -1: three quarters of ``image_size``, None: one scale).
+    (``second_image_size``; -1: three quarters of ``image_size``, None: one scale) and
+    averages the in-map cells only at the border of its finest ``in_map_layers`` layers.
     """
     if second_image_size == -1:
         second_image_size = round(0.75 * image_size)
@@ -105,6 +111,7 @@ def full_detector(
             patch_memory=memory_term,
             input_standardisation=True,
             second_image_size=second_image_size,
+            in_map_layers=in_map_layers,
         ),
         global_gaussian=gaussian,
         patch_memory=memory,

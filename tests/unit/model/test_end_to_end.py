@@ -76,7 +76,8 @@ def test_cli_fit_eval_predict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (
         "score: SimpleNet + memory bank (500 patches) + global Gaussian; input standardised "
-        "to one grey level and contrast; scales 64 + 48 px" in out
+        "to one grey level and contrast; scales 64 + 48 px; in-map border mean on the 1 finest "
+        "layer" in out
     )
     assert "memory bank and Gaussian rebuilt from all 50 images after calibration" in out
     assert code == 0 and "image AUROC" in out and "AUPRO" in out

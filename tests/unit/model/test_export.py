@@ -120,6 +120,7 @@ def test_export_writes_checksummed_metadata(exported):
         assert metadata.detector == detector.metadata
         assert metadata.detector.image_size == 96
         assert metadata.detector.second_image_size == 72  # the graph has both scales
+        assert metadata.detector.in_map_layers == 1  # and pools the finest layer's border so
         assert all(file_sha256(exports[name] / f) == h for f, h in metadata.files.items())
         assert (exports[name] / METADATA_NAME).is_file()
 
