@@ -1,21 +1,26 @@
 """Issue 12: how the patch features treat the image border, swapped under ``bench/quality.py``.
 
 Of the development split's defects, 84 of 85 breaks and 31 of 115 blowholes lie within 6% of
-the tile's edge (``bench/misses.py``), and 26 of the 34 blowholes the default misses at 1%
-false alarms are a few pixels at the border. The default's 3x3 neighbourhood mean counts
-the zeros outside the map (as SimpleNet's code): on Lite0's 8 x 8 stride-32 map at 256 px,
-28 of 64 cells are border cells whose features are shrunk by 2/3 (corners 4/9), and the
-backbone's own convolutions zero-pad too.
-Each variant patches that one thing for the fit and the scoring, then runs
-``bench/quality.py``'s three checks unchanged (same arguments):
+the tile's edge (``bench/misses.py``), and 26 of the 34 blowholes stop 24's default missed at
+1% false alarms are a few pixels at the border. SimpleNet's code counts the zeros outside the
+map in the 3x3 neighbourhood mean: on Lite0's 8 x 8 stride-32 map at 256 px, 28 of 64 cells
+are border cells whose features are shrunk by 2/3 (corners 4/9), and the backbone's own
+convolutions zero-pad too. The product's ``FitConfig.in_map_layers`` (``fit
+--in-map-layers``) sets how many of the finest layers average the in-map cells only; since
+stop 33 its default is 1 (the stride-8 layer).
 
-    exclude       the neighbourhood mean over the cells inside the map only, every layer
-    exclude-fine  the same on the stride-8 and stride-16 layers, zeros counted on stride 32
-    reflect32     the input reflect-padded by 32 px before the backbone, every backbone map
-                  cropped back to the unpadded image's grid (1.56x the backbone's pixels)
-    edge-weight   the border handled as now, but the SimpleNet heads train on the patches
-                  within 2 cells of the edge three times per epoch (the others once), to
-                  tighten the discriminator's boundary where the patches vary most
+    zeros         --in-map-layers 0: zeros counted on every layer (stop 32's default)
+    exclude       --in-map-layers 3: the in-map cells only, every layer
+    exclude-fine  --in-map-layers 2: the stride-8 and stride-16 layers, zeros on stride 32
+    exclude-8     --in-map-layers 1: the stride-8 layer only (the default since stop 33)
+    reflect32     the default, with the input reflect-padded by 32 px before the backbone and
+                  every backbone map cropped back to the unpadded image's grid (1.56x the
+                  backbone's pixels; experiment-only patch)
+    edge-weight   the default, but the SimpleNet heads train on the patches within 2 cells of
+                  the edge three times per epoch (the others once), to tighten the
+                  discriminator's boundary where the patches vary most (experiment-only patch)
+
+Each runs ``bench/quality.py``'s three checks unchanged (same arguments).
 
 With ``--positions`` it fits (or loads from ``--runs-dir``) the full default under the
 variant instead, and prints the checks' lines (``bench/variants.py``'s format) for the map as
@@ -23,9 +28,7 @@ is and normalised per position: each ring of cells (distance to the nearest edge
 class of cells alike under the map's symmetries (the 4 corners, ...), minus the class's
 held-out median over its 99th percentile minus the median, on the fit's own held-out good
 images (label-free); the image score is the normalised map's max, put back on the raw map's
-held-out spread (``matching_scale``), plus the global Gaussian term. ``zeros`` is the default.
-
-The patches are experiment-only; the product has none of them.
+held-out spread (``matching_scale``), plus the global Gaussian term.
 
     python bench/border.py exclude [bench/quality.py arguments]
     python bench/border.py {zeros,exclude} --positions [--runs-dir runs/border] [--seed N]
@@ -50,31 +53,14 @@ from model.backbones import EfficientNetLiteTrunk
 from model.calibration import matching_scale
 from model.data import list_images, read_images
 from model.detector import AnomalyDetector
-from model.features import PatchFeatureAggregator
 from model.trainer import FitConfig, split_holdout
 
 REFLECT_PAD = 32  # a multiple of the coarsest stride, so every map crops by whole cells
 EDGE_CELLS, EDGE_REPEATS = 2, 3
-VARIANTS = ("zeros", "exclude", "exclude-fine", "reflect32", "edge-weight")
-
-
-def patch_exclude(fine_only: bool) -> None:
-    """Neighbourhood means over in-map cells only (all layers, or all but the coarsest)."""
-
-    def pooled(feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        last = len(feature_maps) - 1
-        return [
-            F.avg_pool2d(
-                feature_map.contiguous(memory_format=torch.channels_last),
-                3,
-                stride=1,
-                padding=1,
-                count_include_pad=fine_only and index == last,
-            )
-            for index, feature_map in enumerate(feature_maps)
-        ]
-
-    PatchFeatureAggregator.pooled_layers = staticmethod(pooled)
+VARIANTS = ("zeros", "exclude", "exclude-fine", "exclude-8", "reflect32", "edge-weight")
+# FitConfig.in_map_layers of each variant: how many of the finest layers average the in-map
+# cells only at the border (Lite0's three layers; the others count the zeros outside the map)
+IN_MAP_LAYERS = {"zeros": 0, "exclude": 3, "exclude-fine": 2, "exclude-8": 1}
 
 
 def patch_reflect() -> None:
@@ -130,7 +116,11 @@ def map_parts(detector: AnomalyDetector, images: list[np.ndarray]) -> tuple:
 def print_positions(variant: str, runs: Path, data: Path, seed: int) -> None:
     """The full default under ``variant``: checks' lines, map as is and per-position scaled."""
     detector = load_or_fit(  # held-out maps below: the bank must not hold those images
-        f"{FitConfig().backbone}:{seed}", runs / variant, data, all_images_in_terms=False
+        f"{FitConfig().backbone}:{seed}",
+        runs / variant,
+        data,
+        all_images_in_terms=False,
+        in_map_layers=IN_MAP_LAYERS.get(variant),
     )
     images = read_images(list_images(data / "train" / "good"))
     config = FitConfig()
@@ -157,9 +147,7 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in VARIANTS:
         raise SystemExit(f"usage: python bench/border.py {{{','.join(VARIANTS)}}} [...]")
     variant = sys.argv.pop(1)
-    if variant.startswith("exclude"):
-        patch_exclude(fine_only=variant == "exclude-fine")
-    elif variant == "reflect32":
+    if variant == "reflect32":
         patch_reflect()
     elif variant == "edge-weight":
         patch_edge_weight()
@@ -173,6 +161,8 @@ def main() -> None:
         print_positions(variant, args.runs_dir, args.data, args.seed)
         return
     print(f"border variant: {variant}")
+    if variant in IN_MAP_LAYERS:
+        sys.argv += ["--in-map-layers", str(IN_MAP_LAYERS[variant])]
     quality.main()
 
 

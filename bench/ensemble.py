@@ -71,16 +71,24 @@ def on_one_grid(maps: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def load_or_fit(
-    run: str, runs: Path, data: Path, *, all_images_in_terms: bool = True
+    run: str,
+    runs: Path,
+    data: Path,
+    *,
+    all_images_in_terms: bool = True,
+    in_map_layers: int | None = None,
 ) -> AnomalyDetector:
     """The saved detector of run ``BACKBONE:SEED[:SIZE]``, fitted when absent.
 
     The fit uses the defaults, with input size ``SIZE`` px when given; with
     ``all_images_in_terms=False`` its memory bank and Gaussian keep the training share
-    (saved under a ``-trainterms`` name).
+    (saved under a ``-trainterms`` name); ``in_map_layers`` overrides the default's (keep
+    such runs in their own ``runs`` folder).
     """
     backbone, seed, *size = run.split(":")
     sized = {"image_size": int(size[0])} if size else {}
+    if in_map_layers is not None:
+        sized["in_map_layers"] = in_map_layers
     config = FitConfig(
         backbone=backbone, seed=int(seed), all_images_in_terms=all_images_in_terms, **sized
     )

@@ -16,7 +16,7 @@ actually gives on the unseen good tiles.
 
     python bench/quality.py [--data ../shared/data/mtd] [--overlays runs/quality] [--seed N]
         [--backbone NAME] [--heads K] [--image-size S] [--memory-bank-size N]
-        [--second-scale F] [--memory-emphasis K] [--device cuda]
+        [--second-scale F] [--memory-emphasis K] [--in-map-layers N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def main() -> None:
         "--memory-emphasis", type=float, default=None, help="override (1: the terms weigh the same)"
     )
     parser.add_argument(
+        "--in-map-layers", type=int, default=None,
+        help="override (0: zeros outside the map counted on every layer)",
+    )
+    parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device of the fit and the checks (default: cuda when available, else cpu)",
@@ -82,7 +86,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = (
         "backbone", "heads", "local_anomaly_share", "image_size", "memory_bank_size",
-        "second_scale", "all_images_in_terms", "memory_emphasis",
+        "second_scale", "all_images_in_terms", "memory_emphasis", "in_map_layers",
     )
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     config = FitConfig(seed=args.seed, device=args.device, **overrides)

@@ -44,14 +44,19 @@ SYNTHETIC_PER_KIND, SYNTHETIC_SEED = 50, 1234  # as bench/quality.py
 
 
 def patch_neighbourhood(sizes: tuple[int, ...]) -> None:
-    """Makes every fit and scorer average a ``k x k`` neighbourhood of layer i (1: none)."""
+    """Makes every fit and scorer average a ``k x k`` neighbourhood of layer i (1: none).
 
-    def pooled(feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    The fit's ``in_map_layers`` finest layers average the in-map cells only at the border.
+    """
+
+    def pooled(feature_maps: list[torch.Tensor], in_map_layers: int = 0) -> list[torch.Tensor]:
         result = []
-        for feature_map, size in zip(feature_maps, sizes, strict=True):
+        for index, (feature_map, size) in enumerate(zip(feature_maps, sizes, strict=True)):
             feature_map = feature_map.contiguous(memory_format=torch.channels_last)
             if size > 1:
-                feature_map = F.avg_pool2d(feature_map, size, 1, size // 2, count_include_pad=True)
+                feature_map = F.avg_pool2d(
+                    feature_map, size, 1, size // 2, count_include_pad=index >= in_map_layers
+                )
             result.append(feature_map)
         return result
 
