@@ -8,10 +8,11 @@ a worker's model call does with a batch of decoded 256 px frames: normalise, bac
 folded head, memory bank distances, image score (max + Gaussian term), upsampled and blurred
 heatmap, calibration, each at both input scales (256 px and the second scale, 192 px).
 Rows ending in ``-bare`` are the same detector without the memory bank and the Gaussian term
-(SimpleNet alone), rows ending in ``-1scale`` the full detector at 256 px only, for their
-cost. Each repeat times one batch of
-every runtime back to back, so drift in the machine's load hits all alike; the median of
-the repeats is reported.
+(SimpleNet alone), rows ending in ``-1scale`` the full detector at 256 px only, rows ending in
+``-zeros`` the full detector with the zeros outside the map counted in every layer's
+neighbourhood mean (``in_map_layers`` 0, SimpleNet's pooling), for their cost. Each repeat
+times one batch of every runtime back to back, so drift in the machine's load hits all
+alike; the median of the repeats is reported.
 
     python bench/speed.py [--repeats 12] [--threads 2] [--batches 1 2 4 8] [--no-bf16]
 
@@ -63,12 +64,16 @@ FIT_DEFAULTS = FitConfig()  # the default ensemble size, width and margin
 
 
 def lite0_detector(
-    size: int = SIZE, extras: bool = True, second_scale: bool = True
+    size: int = SIZE,
+    extras: bool = True,
+    second_scale: bool = True,
+    in_map_layers: int = FIT_DEFAULTS.in_map_layers,
 ) -> AnomalyDetector:
     """The default Lite0 detector (ImageNet trunk, random heads) at ``size`` px.
 
     ``extras``: with a random memory bank of the default size and a random global Gaussian.
-    ``second_scale``: also scoring the default second input scale.
+    ``second_scale``: also scoring the default second input scale. ``in_map_layers``: the
+    finest layers pooled over in-map cells only at the border.
     """
     torch.manual_seed(0)
     backbone = build_backbone(BACKBONE)
@@ -83,7 +88,8 @@ def lite0_detector(
         train_image_count=0, holdout_image_count=0, train_fingerprint="", created_at="",
         code_version="bench", input_standardisation=FIT_DEFAULTS.input_standardisation,
         second_image_size=(
-            round(size * FIT_DEFAULTS.second_scale) if second_scale else None))
+            round(size * FIT_DEFAULTS.second_scale) if second_scale else None),
+        in_map_layers=in_map_layers)
     head = HeadEnsemble.empty(FIT_DEFAULTS.heads, embed, FIT_DEFAULTS.hidden_dim,
                               -FIT_DEFAULTS.margin).eval()
     if not extras:
@@ -116,6 +122,7 @@ def main() -> None:
     variants = {
         "bare": save_artifact(lite0_detector(extras=False), work / "bare.safetensors"),
         "1scale": save_artifact(lite0_detector(second_scale=False), work / "one.safetensors"),
+        "zeros": save_artifact(lite0_detector(in_map_layers=0), work / "zeros.safetensors"),
     }
     for suffix, path in variants.items():
         for name in ("torch", "openvino"):
@@ -152,7 +159,8 @@ def main() -> None:
     for name in detectors:
         print(f"{name:<14}" + "".join(f"{rates[name, b]:>10.1f}" for b in args.batches))
     labels = {"bare": "with memory bank and Gaussian term / SimpleNet alone",
-              "1scale": "at 256 + 192 px / at 256 px only"}
+              "1scale": "at 256 + 192 px / at 256 px only",
+              "zeros": "in-map border mean on the finest layer / zeros counted everywhere"}
     for suffix, label in labels.items():
         for name in ("torch", "openvino"):
             if f"{name}-{suffix}" in detectors:
