@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from model.backbones import BackboneSpec
+from model.metadata import check_in_map_layers
 
 # Per-layer projection dimension per backbone; None concatenates the layers unpooled.
 # Lite0's maps have 40, 112 and 192 channels. Pooling them to a common width and aggregating
@@ -129,23 +130,6 @@ def neighbourhood_mean(feature_map: torch.Tensor, *, in_map_only: bool = False) 
     return F.avg_pool2d(
         feature_map, kernel_size=3, stride=1, padding=1, count_include_pad=not in_map_only
     )
-
-
-def check_in_map_layers(in_map_layers: int, layer_count: int) -> None:
-    """Refuses an ``in_map_layers`` that is not an integer from 0 to ``layer_count``.
-
-    Raises:
-        ValueError: Naming ``in_map_layers``.
-    """
-    if (
-        not isinstance(in_map_layers, int)
-        or isinstance(in_map_layers, bool)
-        or not 0 <= in_map_layers <= layer_count
-    ):
-        raise ValueError(
-            f"in_map_layers must be an integer from 0 to {layer_count} (the backbone "
-            f"layers), got {in_map_layers!r}"
-        )
 
 
 class PatchFeatureAggregator(nn.Module):

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from model.features import PatchFeatureAggregator, check_in_map_layers
+from model.features import PatchFeatureAggregator
+from model.metadata import check_in_map_layers
 from model.network import HeadEnsemble
 
 

@@ -27,6 +27,25 @@ MIN_IMAGE_SIZE = 32  # smallest input side: one cell of the stride-32 layers
 READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, 6, 7, 8)
 
 
+def check_in_map_layers(in_map_layers: int, layer_count: int) -> None:
+    """Refuses an ``in_map_layers`` that is not an integer from 0 to ``layer_count``.
+
+    Torch-free, for the fit, the aggregator, artifact metadata and the trainer's settings.
+
+    Raises:
+        ValueError: Naming ``in_map_layers``.
+    """
+    if (
+        not isinstance(in_map_layers, int)
+        or isinstance(in_map_layers, bool)
+        or not 0 <= in_map_layers <= layer_count
+    ):
+        raise ValueError(
+            f"in_map_layers must be an integer from 0 to {layer_count} (the backbone "
+            f"layers), got {in_map_layers!r}"
+        )
+
+
 def second_scale_size(image_size: int, second_scale: float) -> int | None:
     """Side of the second input scale, ``second_scale`` of ``image_size`` rounded to pixels.
 
@@ -285,16 +304,7 @@ class DetectorMetadata:
                     f"second_image_size must be null or an integer from {MIN_IMAGE_SIZE} to "
                     f"image_size - 1, got {second!r}"
                 )
-            in_map = raw.get("in_map_layers", 0)
-            if (
-                not isinstance(in_map, int)
-                or isinstance(in_map, bool)
-                or not 0 <= in_map <= len(raw["layers"])
-            ):
-                raise ValueError(
-                    f"in_map_layers must be an integer from 0 to the {len(raw['layers'])} "
-                    f"layers, got {in_map!r}"
-                )
+            check_in_map_layers(raw.get("in_map_layers", 0), len(raw["layers"]))
             for name in ("input_standardisation", "terms_include_holdout"):
                 if not isinstance(raw.get(name, False), bool):
                     raise ValueError(f"{name} must be true or false")

@@ -24,12 +24,7 @@ from model.detector import (
     images_to_tensor,
 )
 from model.errors import DatasetError
-from model.features import (
-    DEFAULT_COMMON_DIM,
-    PatchFeatureAggregator,
-    check_in_map_layers,
-    default_embed_dim,
-)
+from model.features import DEFAULT_COMMON_DIM, PatchFeatureAggregator, default_embed_dim
 from model.global_gaussian import GlobalGaussian, global_pool
 from model.local_anomalies import local_anomaly_set
 from model.loss import truncated_l1_loss
@@ -38,6 +33,7 @@ from model.metadata import (
     DetectorMetadata,
     GlobalGaussianTerm,
     PatchMemoryTerm,
+    check_in_map_layers,
     second_scale_size,
 )
 from model.network import HeadEnsemble, SimpleNetHead

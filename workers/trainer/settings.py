@@ -12,11 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from model.metadata import second_scale_size
+from model.metadata import check_in_map_layers, second_scale_size
 from pipeline.settings import KafkaSettings, ProcessSettings, RedisSettings
 
 # Layers of each backbone's default layer set (model.backbones; torch-free here, and
-# tests/unit/workers/trainer/test_trainer.py fails when they disagree).
+# tests/unit/model/test_in_map_layers.py fails when they disagree).
 DEFAULT_LAYER_COUNTS = {
     "efficientnet_lite0": 3, "efficientnet_lite1": 3, "efficientnet_lite2": 3, "wide_resnet50_2": 2,
 }
@@ -89,10 +89,7 @@ class FitSettings(BaseModel):
     @model_validator(mode="after")
     def _in_map_layers_fit(self) -> FitSettings:
         layers = len(self.layers) if self.layers else DEFAULT_LAYER_COUNTS[self.backbone]
-        if self.in_map_layers > layers:
-            raise ValueError(
-                f"in_map_layers is {self.in_map_layers}, more than the backbone's {layers} layers"
-            )
+        check_in_map_layers(self.in_map_layers, layers)  # the model's rule, torch-free
         return self
 
 
